@@ -1,0 +1,135 @@
+"""The model's configuration: one small dataclass, stored as JSON beside every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SlotType = Literal["entity", "random", "query"]
+SLOT_TYPES: tuple[str, ...] = ("entity", "random", "query")
+
+
+@dataclass
+class SaGConfig:
+    """Hyper-parameters of Shatter and Gather.
+
+    Defaults follow the paper (Sec. 4.1, Table 4a) and the authors' code where the paper is silent
+    (see ``shared/research/sag-official-code.md``).
+    """
+
+    # Backbones. ``image_backbone`` is a name in ``sag.image_encoder.IMAGE_ENCODERS``; ``text_backbone`` is a
+    # Hugging Face hub name, a local model directory, or one of the aliases in ``sag.text_encoder``.
+    image_backbone: str = "vit_small_patch16_384"
+    text_backbone: str = "bert-base-uncased"
+    # Where fresh image-backbone weights come from: None (random init), "hub" (timm's download), "package"
+    # (a weights package installed offline, where the backbone has one) or a local file. Ignored when loading a
+    # SaG checkpoint, which carries its own weights.
+    image_weights: str | None = None
+    image_size: int = 384
+    max_text_tokens: int = 64
+    drop_path: float = 0.1
+
+    # Shared width D and attention shape: heads x head_dim = D_h (paper: 4 x 256 = 1024).
+    embed_dim: int = 512
+    num_heads: int = 4
+    head_dim: int = 256
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    # Self-attention among slots of one Gaussian (official code: 4 heads x 128).
+    interaction_heads: int = 4
+    interaction_head_dim: int = 128
+
+    # Entity slots: K = num_gaussians * samples_per_gaussian (paper's best: 18 x 2 = 36).
+    slot_type: SlotType = "entity"
+    num_gaussians: int = 18
+    samples_per_gaussian: int = 2
+    iterations: int = 6
+    share_weights: bool = True
+    # Seed of the fixed slot noise used in eval mode, so one question always gets one answer.
+    eval_noise_seed: int = 0
+
+    # Losses.
+    c3_temperature: float = 1.0
+    recon_weight: float = 1.0
+    decoder_hidden: int = 512
+    decoder_layers: int = 3
+
+    # Inference.
+    threshold: float = 0.5
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.slot_type not in SLOT_TYPES:
+            raise ValueError(f"slot_type must be one of {SLOT_TYPES}, got {self.slot_type!r}")
+        for name in ("embed_dim", "num_heads", "head_dim", "num_gaussians", "samples_per_gaussian", "iterations",
+                     "image_size", "max_text_tokens", "interaction_heads", "interaction_head_dim"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.embed_dim % 4:
+            raise ValueError(f"embed_dim must be divisible by 4 (2-D sine position encoding), got {self.embed_dim}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+
+    @property
+    def num_slots(self) -> int:
+        """K, the total number of slots."""
+        return self.num_gaussians * self.samples_per_gaussian
+
+    @property
+    def attn_dim(self) -> int:
+        """D_h, the inner width of the slot and fusion cross-attentions."""
+        return self.num_heads * self.head_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SaGConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SaGConfig fields: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SaGConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> "SaGConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def paper_config(**changes: Any) -> SaGConfig:
+    """ViT-S/16 at 384 + bert-base-uncased, D=512, K=18x2=36, T=6 (the paper's RefCOCO setting)."""
+    return SaGConfig(**changes)
+
+
+def tiny_config(**changes: Any) -> SaGConfig:
+    """A randomly initialised miniature for tests and CPU experiments (seconds per step on 2 cores)."""
+    base = dict(
+        image_backbone="vit_tiny_test",
+        text_backbone="tiny-bert",
+        image_size=64,
+        max_text_tokens=24,
+        drop_path=0.0,
+        embed_dim=64,
+        num_heads=2,
+        head_dim=32,
+        mlp_ratio=2.0,
+        dropout=0.0,
+        interaction_heads=2,
+        interaction_head_dim=16,
+        num_gaussians=4,
+        samples_per_gaussian=2,
+        iterations=3,
+        decoder_hidden=64,
+        decoder_layers=2,
+    )
+    base.update(changes)
+    return SaGConfig(**base)

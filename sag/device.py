@@ -1,0 +1,47 @@
+"""Device and precision choice: ``cpu``, ``cuda[:n]`` or ``auto``; fp32, bf16 or fp16 autocast on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def resolve_device(spec: str | torch.device | None = None) -> torch.device:
+    """``None`` reads ``SAG_DEVICE`` (default ``auto``); ``auto`` picks CUDA when available, else CPU."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or os.environ.get("SAG_DEVICE") or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec!r} requested but CUDA is not available (set SAG_DEVICE=cpu or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {spec!r}; use cpu, cuda or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; ``None`` means plain fp32.
+
+    ``auto`` is bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """A context manager running the block in mixed precision on CUDA (a no-op on CPU or for fp32)."""
+    dtype = resolve_precision(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

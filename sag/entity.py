@@ -1,0 +1,162 @@
+"""Bottom-up attention: the entity discovery module (paper, Sec. 3.2).
+
+Slots start as K_s samples from each of K_g learnable Gaussians (entity slots), then alternate T times between
+
+* aggregation: cross-attention normalised over *slots*, so slots compete for each patch (Eq. 3), renormalised over
+  patches, a residual update and an MLP (Eq. 4);
+* interaction: self-attention among the slots drawn from the same Gaussian, one set of weights for all groups (Eq. 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SaGConfig
+from .layers import FeedForward, merge_heads, split_heads
+from .position import sine_position_encoding_2d
+
+
+class EntitySlots(nn.Module):
+    """Initial slots S^0 (B, K, D) for the three slot types of the paper's Table 3.
+
+    * ``entity``: K_s samples from each of K_g Gaussians, consecutive slots share a Gaussian;
+    * ``random``: all K slots sampled from one Gaussian;
+    * ``query``: K learned embeddings, no sampling.
+
+    In training the noise is fresh every call. In eval mode a fixed, seeded noise buffer (saved with the checkpoint)
+    is used, so inference is deterministic; the authors' code resamples it at test time.
+    """
+
+    def __init__(self, config: SaGConfig):
+        super().__init__()
+        self.slot_type = config.slot_type
+        self.num_slots = config.num_slots
+        self.samples = config.samples_per_gaussian
+        dim = config.embed_dim
+        if self.slot_type == "query":
+            self.query = nn.Parameter(torch.randn(self.num_slots, dim) * dim**-0.5)
+        else:
+            gaussians = config.num_gaussians if self.slot_type == "entity" else 1
+            # Initial std ~ 1/sqrt(D), so the noise has norm ~1 (as in the authors' code).
+            bound = math.sqrt(6.0 / (gaussians * dim + dim))
+            self.mu = nn.Parameter(torch.empty(gaussians, dim).uniform_(-bound, bound))
+            self.logvar = nn.Parameter(torch.empty(gaussians, dim).uniform_(-bound, bound) + math.log(1.0 / dim))
+        generator = torch.Generator().manual_seed(config.eval_noise_seed)
+        self.register_buffer("eval_noise", torch.randn(self.num_slots, dim, generator=generator))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        if self.slot_type == "query":
+            return self.query.unsqueeze(0).expand(batch, -1, -1)
+        repeats = self.samples if self.slot_type == "entity" else self.num_slots
+        mu = self.mu.repeat_interleave(repeats, dim=0)  # (K, D)
+        std = (0.5 * self.logvar).exp().repeat_interleave(repeats, dim=0)
+        if self.training:
+            noise = torch.randn(batch, *mu.shape, device=mu.device, dtype=mu.dtype)
+        else:
+            noise = self.eval_noise.to(mu.dtype).unsqueeze(0).expand(batch, -1, -1)
+        return mu + std * noise
+
+
+class SlotAggregation(nn.Module):
+    """Aggregation block: slot-competitive cross-attention + MLP (Eqs. 3-4). Pre-LN, no GRU."""
+
+    def __init__(self, config: SaGConfig):
+        super().__init__()
+        dim, inner = config.embed_dim, config.attn_dim
+        self.heads = config.num_heads
+        self.scale = config.head_dim**-0.5
+        self.norm_slots = nn.LayerNorm(dim)
+        self.norm_inputs = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(dim, inner, bias=False)
+        self.to_v = nn.Linear(dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(config.dropout))
+        self.ff = FeedForward(dim, config.mlp_ratio, config.dropout)
+
+    def project_inputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, D) visual features -> keys and values (B, H, N, d); reused across iterations when shared."""
+        x = self.norm_inputs(inputs)
+        return split_heads(self.to_k(x), self.heads), split_heads(self.to_v(x), self.heads)
+
+    def forward(
+        self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """slots (B, K, D), keys/values (B, H, N, d) -> updated slots (B, K, D) and A_slot (B, N, K)."""
+        q = split_heads(self.to_q(self.norm_slots(slots)), self.heads)  # (B, H, K, d)
+        logits = torch.einsum("bhnd,bhkd->bhnk", keys, q) * self.scale
+        attn = logits.softmax(dim=-1)  # over slots: slots compete for every patch
+        weights = attn / (attn.sum(dim=-2, keepdim=True) + 1e-7)  # then a weighted mean over patches
+        updates = merge_heads(torch.einsum("bhnk,bhnd->bhkd", weights, values))
+        slots = slots + self.to_out(updates)
+        slots = slots + self.ff(slots)
+        return slots, attn.mean(dim=1)
+
+
+class GroupInteraction(nn.Module):
+    """Interaction block: self-attention within each group of K_s slots from one Gaussian, weights shared."""
+
+    def __init__(self, config: SaGConfig):
+        super().__init__()
+        dim = config.embed_dim
+        inner = config.interaction_heads * config.interaction_head_dim
+        self.heads = config.interaction_heads
+        self.group = config.samples_per_gaussian
+        self.dropout = config.dropout
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(config.dropout))
+        self.ff = FeedForward(dim, config.mlp_ratio, config.dropout)
+
+    def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        batch, num_slots, dim = slots.shape
+        x = slots.reshape(batch * num_slots // self.group, self.group, dim)  # one row per Gaussian
+        q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.to_out(merge_heads(out))
+        x = x + self.ff(x)
+        return x.reshape(batch, num_slots, dim)
+
+
+@dataclass
+class EntityOutput:
+    """What the entity discovery module returns for a batch of images."""
+
+    entities: torch.Tensor  # (B, K, D) entity embeddings Phi(x^V)
+    slot_attn: torch.Tensor  # (B, N, K) A_slot of the last aggregation, sums to 1 over K
+
+
+class EntityDiscovery(nn.Module):
+    """Phi: visual features (B, N, C) -> K entity embeddings and the patch-to-slot attention A_slot."""
+
+    def __init__(self, config: SaGConfig, in_dim: int):
+        super().__init__()
+        dim = config.embed_dim
+        self.iterations = config.iterations
+        self.input_proj = nn.Linear(in_dim, dim)
+        self.slots = EntitySlots(config)
+        blocks = 1 if config.share_weights else config.iterations
+        self.aggregate = nn.ModuleList(SlotAggregation(config) for _ in range(blocks))
+        self.interact = nn.ModuleList(GroupInteraction(config) for _ in range(blocks))
+        self.out = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+
+    def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> EntityOutput:
+        """features (B, N, C) on an (h, w) grid -> EntityOutput with entities (B, K, D), A_slot (B, N, K)."""
+        batch, num_patches, _ = features.shape
+        if grid[0] * grid[1] != num_patches:
+            raise ValueError(f"grid {grid} does not match {num_patches} patches")
+        x = self.input_proj(features)
+        x = x + sine_position_encoding_2d(*grid, x.shape[-1], device=x.device, dtype=x.dtype)
+        slots = self.slots(batch)
+        kv = self.aggregate[0].project_inputs(x) if len(self.aggregate) == 1 else None
+        attn = None
+        for t in range(self.iterations):
+            agg = self.aggregate[t % len(self.aggregate)]
+            keys, values = kv if kv is not None else agg.project_inputs(x)
+            slots, attn = agg(slots, keys, values)
+            slots = self.interact[t % len(self.interact)](slots)
+        return EntityOutput(entities=self.out(slots), slot_attn=attn)

@@ -1,0 +1,206 @@
+"""The SaG model: encoders, entity discovery, fusion, losses and mask inference in one nn.Module.
+
+The image side (``encode_image``: backbone + entity discovery) is separate from the text side (``encode_text``) and
+from ``fuse``, so one image's entities can serve many referring expressions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .config import SaGConfig
+from .decoder import SpatialBroadcastDecoder
+from .entity import EntityDiscovery
+from .fusion import FusionOutput, ModalityFusion
+from .image_encoder import build_image_encoder
+from .inference import combine_attention, entity_maps, upsample_and_normalise
+from .losses import c3_loss, reconstruction_loss
+from .preprocess import ImageLike, image_size, preprocess_images
+from .text_encoder import TextEncoder, build_text_encoder
+
+
+@dataclass
+class ImageEntities:
+    """The cacheable image side of SaG for a batch of B images."""
+
+    entities: torch.Tensor  # (B, K, D) entity embeddings
+    slot_attn: torch.Tensor  # (B, N, K) A_slot, sums to 1 over K
+    grid: tuple[int, int]  # (h, w), h * w = N
+    features: torch.Tensor | None = None  # (B, N, C) backbone features: the reconstruction target (training)
+
+    def __len__(self) -> int:
+        return self.entities.shape[0]
+
+    def __getitem__(self, index: int | slice) -> "ImageEntities":
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        feats = self.features[index] if self.features is not None else None
+        return ImageEntities(self.entities[index], self.slot_attn[index], self.grid, feats)
+
+    def to(self, device: torch.device | str) -> "ImageEntities":
+        feats = self.features.to(device) if self.features is not None else None
+        return ImageEntities(self.entities.to(device), self.slot_attn.to(device), self.grid, feats)
+
+    @staticmethod
+    def cat(items: Sequence["ImageEntities"]) -> "ImageEntities":
+        """Concatenate along the batch; all items must share a grid."""
+        grids = {item.grid for item in items}
+        if len(grids) != 1:
+            raise ValueError(f"cannot concatenate entities on different grids: {sorted(grids)}")
+        return ImageEntities(
+            torch.cat([i.entities for i in items]), torch.cat([i.slot_attn for i in items]), items[0].grid
+        )
+
+
+@dataclass
+class Segmentation:
+    """One referring expression's prediction on one image, at the image's original size."""
+
+    mask: torch.Tensor  # (H, W) bool: soft >= threshold
+    soft: torch.Tensor  # (H, W) float in [0, 1]: the min-max normalised combined map
+    fuse_attn: torch.Tensor  # (K,) A_fuse: each entity's relevance to the text
+    score: float  # the largest A_fuse: how confidently the text picks out an entity
+
+
+@dataclass
+class TrainOutput:
+    loss: torch.Tensor
+    c3: torch.Tensor
+    recon: torch.Tensor
+
+
+class SaG(nn.Module):
+    """Shatter and Gather (Kim et al., ICCV 2023)."""
+
+    def __init__(self, config: SaGConfig, pretrained: bool = False, text_encoder: TextEncoder | None = None):
+        """Build the model. ``pretrained`` loads backbone weights (``config.image_weights`` and the text backbone's
+        pretrained weights); ``text_encoder`` passes a ready text side (used when loading a checkpoint)."""
+        super().__init__()
+        self.config = config
+        self.version: str | None = None  # set when loaded from a checkpoint
+        self.metadata: dict = {}
+        self.image_encoder = build_image_encoder(config, config.image_weights if pretrained else None)
+        self.text_encoder = text_encoder or build_text_encoder(config, pretrained=pretrained)
+        self.entity = EntityDiscovery(config, self.image_encoder.out_dim)
+        self.fusion = ModalityFusion(config)
+        self.decoder = SpatialBroadcastDecoder(
+            config.embed_dim, self.image_encoder.out_dim, config.decoder_hidden, config.decoder_layers
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- inputs -----------------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Images (PIL or uint8 arrays, any size) -> pixels (B, 3, S, S) on the model's device."""
+        enc = self.image_encoder
+        return preprocess_images(images, self.config.image_size, enc.mean, enc.std).to(self.device)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Texts -> ``input_ids`` and ``attention_mask`` (B, L) on the model's device."""
+        return self.text_encoder.tokenize(texts, self.device)
+
+    # ---- the two sides ----------------------------------------------------------------------------------------
+    def encode_image(self, pixels: torch.Tensor) -> ImageEntities:
+        """pixels (B, 3, S, S) -> ImageEntities: entities (B, K, D), A_slot (B, N, K), backbone features."""
+        features, grid = self.image_encoder(pixels)
+        out = self.entity(features, grid)
+        return ImageEntities(out.entities, out.slot_attn, grid, features)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids and mask (B, L) -> text features x^T (B, D)."""
+        return self.text_encoder(input_ids, attention_mask)
+
+    def fuse(self, entities: torch.Tensor, text: torch.Tensor, all_pairs: bool = False) -> FusionOutput:
+        """Top-down attention; see :meth:`ModalityFusion.forward`."""
+        return self.fusion(entities, text, all_pairs=all_pairs)
+
+    # ---- training ---------------------------------------------------------------------------------------------
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TrainOutput:
+        """One batch of B matching image-text pairs (pair i = image i, text i) -> C^3 + reconstruction loss."""
+        image = self.encode_image(pixels)
+        text = self.encode_text(input_ids, attention_mask)
+        fused = self.fuse(image.entities, text, all_pairs=True)
+        c3 = c3_loss(fused.z, text, self.config.c3_temperature)
+        recon, _ = self.decoder(image.entities, image.grid)
+        rec = reconstruction_loss(recon, image.features)
+        return TrainOutput(loss=c3 + self.config.recon_weight * rec, c3=c3, recon=rec)
+
+    # ---- inference --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def segment(
+        self,
+        image: ImageEntities,
+        text: torch.Tensor,
+        sizes: Sequence[tuple[int, int]],
+        scheme: str = "ours",
+        threshold: float | None = None,
+    ) -> list[Segmentation]:
+        """Masks for B (image, text) pairs: image i with text i, returned at ``sizes[i]`` = (H, W).
+
+        Args:
+            image: ImageEntities of B images (repeat an image's entry to ask it several questions).
+            text: (B, D) text features.
+            sizes: the original (H, W) of each image.
+            scheme: ``ours`` (A_slot . A_fuse), or the ablations ``max``, ``avg``, ``min``.
+            threshold: tau; defaults to ``config.threshold``.
+        """
+        if not (len(image) == text.shape[0] == len(sizes)):
+            raise ValueError(f"need as many images, texts and sizes, got {len(image)}, {text.shape[0]}, {len(sizes)}")
+        tau = self.config.threshold if threshold is None else threshold
+        fused = self.fuse(image.entities, text)
+        fuse_attn = fused.fuse_attn.float()
+        scores = combine_attention(image.slot_attn.float(), fuse_attn, scheme)
+        results = []
+        for i, size in enumerate(sizes):
+            soft = upsample_and_normalise(scores[i], image.grid, size)
+            results.append(Segmentation(
+                mask=soft >= tau, soft=soft, fuse_attn=fuse_attn[i], score=float(fuse_attn[i].max())
+            ))
+        return results
+
+    @torch.no_grad()
+    def predict(
+        self, images: Sequence[ImageLike], texts: Sequence[str], scheme: str = "ours"
+    ) -> list[Segmentation]:
+        """Convenience: image i with text i, end to end. Puts the model in eval mode (deterministic slots)."""
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images and {len(texts)} texts")
+        self.eval()
+        image = self.encode_image(self.preprocess(images))
+        text = self.encode_text(**self.tokenize(texts))
+        return self.segment(image, text, [image_size(im) for im in images], scheme=scheme)
+
+    @torch.no_grad()
+    def entity_maps(self, image: ImageEntities, index: int, size: tuple[int, int]) -> torch.Tensor:
+        """Image ``index``'s K entity maps (K, H, W), for display next to A_fuse (the paper's Fig. 5)."""
+        return entity_maps(image.slot_attn[index], image.grid, size)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, metadata: dict | None = None):
+        """Write safetensors weights, config and metadata atomically; see :func:`sag.checkpoint.save_pretrained`."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, metadata)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = "cpu") -> "SaG":
+        """Load a checkpoint written by :meth:`save_pretrained`, offline; the model is returned in eval mode."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(directory, device)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def head_parameters(model: SaG, include_decoder: bool = True) -> int:
+    """Parameters of the SaG heads: projections, entity discovery, fusion (and the reconstruction decoder)."""
+    total = count_parameters(model.entity) + count_parameters(model.fusion) + count_parameters(model.text_encoder.proj)
+    return total + (count_parameters(model.decoder) if include_decoder else 0)
