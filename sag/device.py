@@ -17,11 +17,11 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     spec = (spec or os.environ.get("SAG_DEVICE") or "auto").strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {spec!r}; use cpu, cuda, cuda:N or auto")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {spec!r} requested but CUDA is not available (set SAG_DEVICE=cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {spec!r}; use cpu, cuda or auto")
     return device
 
 
