@@ -1,0 +1,169 @@
+"""The HTTP side of the ML backend protocol: /health, /setup, /predict, /webhook, /metrics (and /jobs/<id>).
+
+Served by waitress, a production WSGI server (threads, no debugger). ``sag-backend`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import sys
+import time
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from redis.exceptions import RedisError
+from waitress import serve
+from werkzeug.exceptions import HTTPException
+
+from .dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
+from .labeling_config import LabelConfigError
+from .logs import configure_logging
+from .model import TRAIN_EVENTS, SaGModel, project_id_of
+from .runtime import Runtime, get_runtime, set_runtime
+from .settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flask:
+    """The Flask app. Embedded mode (no REDIS_URL) runs jobs in a thread of this process and loads the model here."""
+    runtime = set_runtime(Runtime(settings))
+    if dispatcher is None:
+        dispatcher = EmbeddedDispatcher() if settings.embedded else RQDispatcher(runtime.redis, settings)
+    app = Flask("sag-backend")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 2**20
+    app.json.sort_keys = False
+    started = time.time()
+
+    def model_for(payload: dict[str, Any]) -> SaGModel:
+        return SaGModel(runtime, dispatcher, project_id_of(payload.get("project")),
+                        payload.get("label_config") or payload.get("schema"))
+
+    def body() -> dict[str, Any]:
+        payload = request.get_json(silent=True)
+        if not isinstance(payload, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return payload
+
+    @app.before_request
+    def check_basic_auth() -> Response | None:
+        if not settings.basic_auth_user:
+            return None
+        auth = request.authorization
+        ok = (auth is not None and auth.type == "basic"
+              and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+              and hmac.compare_digest((auth.password or "").encode(), (settings.basic_auth_pass or "").encode()))
+        if ok:
+            return None
+        response = jsonify(error="authentication required")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="sag-backend"'
+        return response
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> tuple[Response, int]:
+        info: dict[str, Any] = {"status": "UP", "model_class": SaGModel.__name__,
+                                "mode": "embedded" if settings.embedded else "redis"}
+        try:
+            info["model_version"] = runtime.registry.current()
+            info["workers"] = dispatcher.workers()
+        except RedisError as exc:
+            return jsonify(status="DOWN", detail=f"Redis is unreachable: {type(exc).__name__}"), 503
+        return jsonify(info), 200
+
+    @app.post("/setup")
+    def setup() -> tuple[Response, int]:
+        try:
+            return jsonify(model_for(body()).setup()), 200
+        except LabelConfigError as exc:
+            log.error("setup refused: %s", exc)
+            return jsonify(error=str(exc)), 400
+
+    @app.post("/predict")
+    def predict() -> tuple[Response, int]:
+        payload = body()
+        tasks = payload.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequest("the request needs a 'tasks' list")
+        params = payload.get("params") or {}
+        context = params.get("context") if isinstance(params, dict) else None
+        return jsonify(model_for(payload).predict(tasks, context=context or None)), 200
+
+    @app.post("/webhook")
+    def webhook() -> tuple[Response, int]:
+        payload = body()
+        event = payload.get("action")
+        if event not in TRAIN_EVENTS:
+            return jsonify(status="Unknown event"), 200
+        model = SaGModel(runtime, dispatcher, project_id_of(payload.get("project")))
+        return jsonify(result=model.fit(event, payload), status="ok"), 201
+
+    @app.get("/metrics")
+    def metrics() -> tuple[Response, int]:
+        data: dict[str, Any] = {"uptime_s": round(time.time() - started, 1), "queue": dispatcher.stats(),
+                                "model_version": runtime.registry.current()}
+        if settings.embedded:
+            data["predictor"] = runtime.predictor.stats()
+        return jsonify(data), 200
+
+    @app.get("/jobs/<batch_id>")
+    def job_status(batch_id: str) -> tuple[Response, int]:
+        info = runtime.batches.get(batch_id)
+        if info is None:
+            return jsonify(error=f"no batch {batch_id!r} (unknown or expired)"), 404
+        return jsonify(info), 200
+
+    @app.errorhandler(BadRequest)
+    def bad_request(exc: "BadRequest") -> tuple[Response, int]:
+        return jsonify(error=str(exc)), 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify(error=exc.description), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(status="error", error=f"{type(exc).__name__}: {exc}"), 500
+
+    return app
+
+
+class BadRequest(ValueError):
+    """A malformed request; answered with 400 and this message."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sag-backend``: serve the Label Studio ML backend."""
+    parser = argparse.ArgumentParser(prog="sag-backend", description=main.__doc__)
+    parser.add_argument("--host", help="bind address (HOST, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port (PORT, default 9090)")
+    parser.add_argument("--threads", type=int, help="HTTP threads (SAG_THREADS, default 8)")
+    parser.add_argument("--model-dir", dest="model_dir", help="checkpoint registry (SAG_MODEL_DIR, default ./models)")
+    parser.add_argument("--device", help="cpu, cuda or auto (SAG_DEVICE)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(**{k: v for k, v in vars(args).items() if v is not None})
+    except SettingsError as exc:
+        print(f"sag-backend: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.secrets())
+    app = create_app(settings)
+    runtime = get_runtime()
+    version = runtime.ensure_serving_version()
+    if settings.embedded:
+        runtime.predictor.ensure_model()  # load now, not on the first request
+        log.info("embedded mode: jobs run in this process (set REDIS_URL to use sag-worker processes)")
+    else:
+        log.info("redis mode: jobs go to %s; %d worker(s) listening", settings.redis_url.split("@")[-1],
+                 runtime.redis and RQDispatcher(runtime.redis, settings).workers())
+    log.info("sag-backend serving version %s on http://%s:%d", version, settings.host, settings.port)
+    serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="sag-backend")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

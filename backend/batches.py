@@ -1,0 +1,123 @@
+"""Progress of bulk pre-labelling batches, and claims that stop a task being queued twice while it is pending.
+
+In Redis (shared by the backend and every worker) with a REDIS_URL, in memory in embedded mode (one process).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any, Protocol, Sequence
+
+from redis import Redis
+
+BATCH_TTL = 7 * 24 * 3600
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class BatchStore(Protocol):
+    def create(self, batch_id: str, total: int, project_id: int | None, jobs: int) -> None: ...
+    def record(self, batch_id: str, done: int, failed: int) -> dict[str, Any]: ...
+    def get(self, batch_id: str) -> dict[str, Any] | None: ...
+    def claim(self, project_id: int, task_ids: Sequence[int], ttl: int) -> list[bool]: ...
+    def release(self, project_id: int, task_ids: Sequence[int]) -> None: ...
+
+
+def _status(info: dict[str, Any]) -> dict[str, Any]:
+    finished = info["done"] + info["failed"]
+    info["status"] = "finished" if finished >= info["total"] else ("running" if finished else "queued")
+    return info
+
+
+class RedisBatchStore:
+    """Batches as Redis hashes ``sag:batch:<id>``; claims as keys ``sag:pending:<project>:<task>``."""
+
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    def create(self, batch_id: str, total: int, project_id: int | None, jobs: int) -> None:
+        key = f"sag:batch:{batch_id}"
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping={"total": total, "done": 0, "failed": 0, "jobs": jobs,
+                                    "project": project_id if project_id is not None else "",
+                                    "created_at": time.time()})
+            pipe.expire(key, BATCH_TTL)
+            pipe.execute()
+
+    def record(self, batch_id: str, done: int, failed: int) -> dict[str, Any]:
+        key = f"sag:batch:{batch_id}"
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "done", done)
+            pipe.hincrby(key, "failed", failed)
+            pipe.execute()
+        return self.get(batch_id) or {}
+
+    def get(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(f"sag:batch:{batch_id}")
+        if not raw:
+            return None
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        return _status({
+            "id": batch_id, "total": int(data["total"]), "done": int(data["done"]), "failed": int(data["failed"]),
+            "jobs": int(data["jobs"]), "project": int(data["project"]) if data["project"] else None,
+            "created_at": float(data["created_at"]),
+        })
+
+    def claim(self, project_id: int, task_ids: Sequence[int], ttl: int) -> list[bool]:
+        with self.redis.pipeline() as pipe:
+            for task_id in task_ids:
+                pipe.set(f"sag:pending:{project_id}:{task_id}", 1, nx=True, ex=ttl)
+            return [bool(ok) for ok in pipe.execute()]
+
+    def release(self, project_id: int, task_ids: Sequence[int]) -> None:
+        if task_ids:
+            self.redis.delete(*[f"sag:pending:{project_id}:{t}" for t in task_ids])
+
+
+class MemoryBatchStore:
+    """The same, for embedded mode, where the HTTP process runs every job itself."""
+
+    def __init__(self) -> None:
+        self._batches: dict[str, dict[str, Any]] = {}
+        self._claims: dict[tuple[int, int], float] = {}
+        self._lock = threading.Lock()
+
+    def create(self, batch_id: str, total: int, project_id: int | None, jobs: int) -> None:
+        with self._lock:
+            self._batches[batch_id] = {"id": batch_id, "total": total, "done": 0, "failed": 0, "jobs": jobs,
+                                       "project": project_id, "created_at": time.time()}
+
+    def record(self, batch_id: str, done: int, failed: int) -> dict[str, Any]:
+        with self._lock:
+            info = self._batches.get(batch_id)
+            if info is None:
+                return {}
+            info["done"] += done
+            info["failed"] += failed
+            return _status(dict(info))
+
+    def get(self, batch_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            info = self._batches.get(batch_id)
+            return _status(dict(info)) if info else None
+
+    def claim(self, project_id: int, task_ids: Sequence[int], ttl: int) -> list[bool]:
+        now = time.time()
+        with self._lock:
+            claimed = []
+            for task_id in task_ids:
+                key = (project_id, task_id)
+                ok = self._claims.get(key, 0.0) < now
+                if ok:
+                    self._claims[key] = now + ttl
+                claimed.append(ok)
+            return claimed
+
+    def release(self, project_id: int, task_ids: Sequence[int]) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                self._claims.pop((project_id, task_id), None)

@@ -1,0 +1,160 @@
+"""Running prediction jobs: on RQ workers through Redis, or in a thread of this process (embedded mode).
+
+Both dispatchers run the same job function, :func:`backend.jobs.run_predict_job`. Urgent jobs (an annotator is
+waiting) go ahead of bulk ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Protocol, Sequence
+
+from redis import Redis
+from rq import Callback, Queue, Retry, Worker
+from rq.job import Job, JobStatus
+
+from .jobs import PredictJob, on_predict_job_failure, run_predict_job
+from .settings import INFERENCE_QUEUE, Settings
+
+log = logging.getLogger(__name__)
+
+Answers = list[dict[str, Any]]
+DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+class Outcome:
+    """What waiting for a job gave: its answers, or why there are none."""
+
+    def __init__(self, answers: Answers | None = None, error: str | None = None):
+        self.answers = answers
+        self.error = error
+
+
+class Dispatcher(Protocol):
+    def submit(self, jobs: Sequence[PredictJob], urgent: bool) -> list[Any]: ...
+    def wait(self, handles: Sequence[Any], timeout: float) -> list[Outcome]: ...
+    def workers(self) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
+class RQDispatcher:
+    """Jobs on the ``sag:inference`` RQ queue, run by ``sag-worker`` processes."""
+
+    def __init__(self, redis: Redis, settings: Settings):
+        self.redis = redis
+        self.settings = settings
+        self.queue = Queue(INFERENCE_QUEUE, connection=redis)
+
+    def submit(self, jobs: Sequence[PredictJob], urgent: bool) -> list[Job]:
+        # Retry covers a worker killed mid-job (RQ requeues abandoned jobs that have retries left) and transient
+        # Label Studio write errors.
+        return [
+            self.queue.enqueue(
+                run_predict_job, job,
+                job_timeout=self.settings.job_timeout,
+                result_ttl=3600,
+                failure_ttl=7 * 24 * 3600,
+                retry=Retry(max=2),
+                on_failure=Callback(on_predict_job_failure),
+                at_front=urgent,
+                description=job.describe(),
+            )
+            for job in jobs
+        ]
+
+    def wait(self, handles: Sequence[Job], timeout: float) -> list[Outcome]:
+        deadline = time.monotonic() + timeout
+        pending = {job.id: job for job in handles}
+        outcomes: dict[str, Outcome] = {}
+        delay = 0.02
+        while pending:
+            for job_id, job in list(pending.items()):
+                status = job.get_status(refresh=True)
+                if status == JobStatus.FINISHED:
+                    outcomes[job_id] = Outcome(answers=job.return_value(refresh=True))
+                elif status in DONE:
+                    outcomes[job_id] = Outcome(error=f"the prediction job {status.value}: {_last_line(job)}")
+                else:
+                    continue
+                del pending[job_id]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        for job_id, job in pending.items():
+            if job.get_status(refresh=True) == JobStatus.QUEUED:
+                job.cancel()  # nobody is waiting for it any more
+            outcomes[job_id] = Outcome(error=f"no result within {timeout:.0f} s (SAG_PREDICT_TIMEOUT): workers are busy "
+                                             "or down; ask again later")
+        return [outcomes[job.id] for job in handles]
+
+    def workers(self) -> int:
+        return Worker.count(queue=self.queue)
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": "redis", "queue": INFERENCE_QUEUE, "queued": self.queue.count, "workers": self.workers(),
+                "started": self.queue.started_job_registry.count, "failed": self.queue.failed_job_registry.count}
+
+
+def _last_line(job: Job) -> str:
+    result = job.latest_result()
+    text = (result.exc_string if result is not None and result.exc_string else "") or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no details"
+
+
+class EmbeddedDispatcher:
+    """One background thread running jobs in this process, urgent ones first; the model lives in this process."""
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, PredictJob, Future]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="sag-embedded-worker", daemon=True)
+        self._thread.start()
+        self.finished = 0
+
+    def submit(self, jobs: Sequence[PredictJob], urgent: bool) -> list[Future]:
+        futures = []
+        for job in jobs:
+            future: Future = Future()
+            self._queue.put((0 if urgent else 1, next(self._seq), job, future))
+            futures.append(future)
+        return futures
+
+    def _run(self) -> None:
+        while True:
+            _, _, job, future = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(run_predict_job(job))
+            except BaseException as exc:  # the thread must survive any job
+                log.exception("embedded job failed: %s", job.describe())
+                future.set_exception(exc)
+            self.finished += 1
+
+    def wait(self, handles: Sequence[Future], timeout: float) -> list[Outcome]:
+        deadline = time.monotonic() + timeout
+        outcomes = []
+        for future in handles:
+            try:
+                outcomes.append(Outcome(answers=future.result(timeout=max(0.0, deadline - time.monotonic()))))
+            except TimeoutError:
+                future.cancel()
+                outcomes.append(Outcome(error=f"no result within {timeout:.0f} s (SAG_PREDICT_TIMEOUT); ask again "
+                                              "later"))
+            except Exception as exc:
+                outcomes.append(Outcome(error=f"the prediction job failed: {type(exc).__name__}: {exc}"))
+        return outcomes
+
+    def workers(self) -> int:
+        return 1 if self._thread.is_alive() else 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": "embedded", "queued": self._queue.qsize(), "workers": self.workers(),
+                "finished": self.finished}

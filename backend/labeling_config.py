@@ -1,0 +1,143 @@
+"""What the backend needs from a Label Studio labelling config, and a clear error when the config lacks it.
+
+A servable config has an ``<Image>``, a ``<BrushLabels>`` and/or ``<PolygonLabels>`` control on that image, and a
+text source: a task data field (``SAG_TEXT_FIELD``, usually shown with ``<Text value="$text"/>``) and/or a
+``<TextArea>`` on the image whose text arrives in the request context (interactive pre-annotation).
+
+Parsed with defusedxml rather than label-studio-sdk's LabelInterface: the SDK does not install beside our numpy (its
+opencv pin downgrades it), and this needs only a handful of tags.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from xml.etree.ElementTree import Element
+
+from defusedxml import ElementTree
+
+
+class LabelConfigError(ValueError):
+    """The labelling config cannot be served; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """A labels control (``BrushLabels`` or ``PolygonLabels``) on the image."""
+
+    name: str
+    to_name: str
+    labels: tuple[str, ...]
+    # Label -> lower-cased words that pick it (its value plus <Label predicted_values="a,b">).
+    aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelingConfig:
+    image_name: str  # the <Image name=...>: results' to_name
+    image_key: str  # the task data key holding the image URL ($image -> image)
+    brush: Control | None
+    polygon: Control | None
+    prompt_name: str | None  # a <TextArea> on the image: interactive prompts arrive in the context under this name
+    text_keys: tuple[str, ...]  # task data keys shown by text tags (<Text value="$text">), for error messages
+
+    def require_text_source(self, text_field: str) -> None:
+        """Raise unless texts can come from task field ``text_field`` (shown by a text tag) or a prompt."""
+        if self.prompt_name is None and text_field not in self.text_keys:
+            raise LabelConfigError(
+                f"the labelling config has no text source: show the task field with "
+                f'<Text name="{text_field}" value="${text_field}"/> (SAG_TEXT_FIELD={text_field}; text fields in '
+                f'this config: {list(self.text_keys)}) or add <TextArea name="prompt" toName="{self.image_name}"/> '
+                "for typed prompts"
+            )
+
+    def label_for(self, text: str, label_map: dict[str, str]) -> str | None:
+        """The label for a referring ``text``: the first ``label_map`` key found in it (case-insensitive), else a
+        label (or one of its ``predicted_values``) named as a word in the text, else the control's first label."""
+        control = self.brush or self.polygon
+        if control is None or not control.labels:
+            return None
+        lowered = text.lower()
+        for needle, label in label_map.items():
+            if needle.lower() in lowered:
+                if label not in control.labels:
+                    raise LabelConfigError(
+                        f"SAG_LABEL_MAP maps {needle!r} to {label!r}, which is not a label of <{control.name}>: "
+                        f"{list(control.labels)}"
+                    )
+                return label
+        words = set(re.findall(r"[\w-]+", lowered))
+        for label, aliases in control.aliases:
+            if any(alias in words or (" " in alias and alias in lowered) for alias in aliases):
+                return label
+        return control.labels[0]
+
+
+def _value_key(element: Element) -> str | None:
+    value = element.get("value", "")
+    return value[1:] if value.startswith("$") else None
+
+
+def _control(element: Element) -> Control:
+    labels, aliases = [], []
+    for child in element.iter("Label"):
+        value = child.get("value")
+        if not value:
+            continue
+        labels.append(value)
+        extra = [v.strip().lower() for v in child.get("predicted_values", "").split(",") if v.strip()]
+        aliases.append((value, tuple([value.lower(), *extra])))
+    return Control(element.get("name", ""), element.get("toName", ""), tuple(labels), tuple(aliases))
+
+
+@functools.lru_cache(maxsize=64)
+def parse_labeling_config(xml: str) -> LabelingConfig:
+    """Parse and check a config; raises :class:`LabelConfigError` naming what is missing or malformed."""
+    if not xml or not xml.strip():
+        raise LabelConfigError("the labelling config is empty")
+    try:
+        root = ElementTree.fromstring(xml)
+    except Exception as exc:  # defusedxml raises ParseError and its own subclasses for entity tricks
+        raise LabelConfigError(f"the labelling config is not valid XML: {exc}") from None
+
+    images = [el for el in root.iter("Image") if el.get("name")]
+    if not images:
+        raise LabelConfigError('the labelling config has no <Image name="..." value="$..."/> tag')
+    by_image: dict[str, tuple[Element, list[Element], list[Element], list[Element]]] = {
+        im.get("name"): (im, [], [], []) for im in images
+    }
+    for tag, slot in (("BrushLabels", 1), ("PolygonLabels", 2), ("TextArea", 3)):
+        for el in root.iter(tag):
+            target = by_image.get(el.get("toName", "").split(",")[0])
+            if target is not None:
+                target[slot].append(el)
+
+    served = [entry for entry in by_image.values() if entry[1] or entry[2]]
+    if not served:
+        raise LabelConfigError(
+            "the labelling config has no <BrushLabels> or <PolygonLabels> whose toName is an <Image> "
+            f"(images: {sorted(by_image)}); add e.g. "
+            '<BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels>'
+        )
+    image, brushes, polygons, prompts = served[0]
+    image_key = _value_key(image)
+    if image_key is None:
+        raise LabelConfigError(f'<Image name="{image.get("name")}"> needs value="$<task field>"')
+    brush = _control(brushes[0]) if brushes else None
+    polygon = _control(polygons[0]) if polygons else None
+    for control in (brush, polygon):
+        if control is not None and not control.labels:
+            raise LabelConfigError(f'<{control.name}> has no <Label value="..."/> children')
+    text_keys = tuple(
+        key for tag in ("Text", "HyperText", "Header", "Paragraphs")
+        for el in root.iter(tag) if (key := _value_key(el))
+    )
+    return LabelingConfig(
+        image_name=image.get("name"),
+        image_key=image_key,
+        brush=brush,
+        polygon=polygon,
+        prompt_name=prompts[0].get("name") if prompts else None,
+        text_keys=text_keys,
+    )

@@ -1,0 +1,82 @@
+"""The long-lived objects of one process (registry, Label Studio client, image fetcher, predictor), built once.
+
+Job functions find them through :func:`get_runtime`, so a worker loads its model once for all jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+from redis import Redis
+
+from training.registry import Registry
+
+from .batches import BatchStore, MemoryBatchStore, RedisBatchStore
+from .images import ImageFetcher
+from .ls_client import LabelStudioClient
+from .predictor import Predictor
+from .presets import build_initial_model
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @functools.cached_property
+    def redis(self) -> Redis | None:
+        return Redis.from_url(self.settings.redis_url) if self.settings.redis_url else None
+
+    @functools.cached_property
+    def registry(self) -> Registry:
+        return Registry(self.settings.model_dir, self.redis)
+
+    @functools.cached_property
+    def label_studio(self) -> LabelStudioClient | None:
+        s = self.settings
+        return LabelStudioClient(s.label_studio_url, s.label_studio_api_key) if s.label_studio_url else None
+
+    @functools.cached_property
+    def fetcher(self) -> ImageFetcher:
+        return ImageFetcher(self.settings, self.label_studio)
+
+    @functools.cached_property
+    def batches(self) -> BatchStore:
+        return RedisBatchStore(self.redis) if self.redis is not None else MemoryBatchStore()
+
+    @functools.cached_property
+    def predictor(self) -> Predictor:
+        return Predictor(self.settings, self.registry, self.fetcher)
+
+    def ensure_serving_version(self) -> str:
+        """Make sure a serving version exists (creating the initial one on a fresh registry); return its id."""
+        version = self.registry.ensure_current(lambda: build_initial_model(self.settings.init_preset))
+        if not version.metadata.get("trained", True):
+            log.warning("serving version %s is UNTRAINED (preset %r): fine-tune it before relying on its masks",
+                        version.id, version.metadata.get("preset"))
+        return version.id
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def set_runtime(runtime: Runtime) -> Runtime:
+    """Install this process's runtime (the app and the worker do this at start-up)."""
+    global _runtime
+    with _lock:
+        _runtime = runtime
+    return runtime
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built from the environment on first use (e.g. under a plain ``rq worker``)."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(Settings.from_env())
+        return _runtime

@@ -1,0 +1,260 @@
+"""The checkpoint registry: a directory of SaG versions and a pointer to the one being served.
+
+Layout (``SAG_MODEL_DIR``)::
+
+    <version id>/        one complete checkpoint per version, written by ``SaG.save_pretrained`` (atomic rename)
+    .<anything>          in-progress or temporary directories and lock files: never listed
+    CURRENT              the serving version when there is no Redis (written by rename, so never half-written)
+    HISTORY              one promoted version per line, oldest first (embedded mode)
+
+With Redis the serving version lives in the key ``sag:model:current`` and the promotion history in the list
+``sag:model:history``, so every backend and worker process sees a promotion at once; the files are then unused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from sag import read_metadata
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from sag import SaG
+
+log = logging.getLogger(__name__)
+
+CURRENT_FILE = "CURRENT"
+HISTORY_FILE = "HISTORY"
+LOCK_FILE = ".registry.lock"
+REDIS_PREFIX = "sag:model"
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored checkpoint."""
+
+    id: str
+    path: Path
+    metadata: dict[str, Any]
+
+
+class Registry:
+    """Versions under ``root`` and the current-version pointer (in Redis when ``redis`` is given, else in files)."""
+
+    def __init__(self, root: str | Path, redis: "Redis | None" = None, prefix: str = REDIS_PREFIX):
+        self.root = Path(root).expanduser().resolve()
+        self.redis = redis
+        self.current_key = f"{prefix}:current"
+        self.history_key = f"{prefix}:history"
+
+    # ---- versions ---------------------------------------------------------------------------------------------
+    def versions(self) -> list[Version]:
+        """All complete checkpoints, oldest first (version ids start with a UTC timestamp)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in sorted(self.root.iterdir()):
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            try:
+                found.append(Version(path.name, path, read_metadata(path)))
+            except (OSError, ValueError) as exc:
+                log.warning("registry: skipping %s: %s", path, exc)
+        return found
+
+    def get(self, version: str) -> Version:
+        """The stored version ``version``; raises :class:`RegistryError` naming the known ones if absent."""
+        if not version or "/" in version or version.startswith("."):
+            raise RegistryError(f"invalid version id {version!r}")
+        path = self.root / version
+        try:
+            return Version(version, path, read_metadata(path))
+        except (OSError, ValueError) as exc:
+            known = [v.id for v in self.versions()]
+            raise RegistryError(f"unknown model version {version!r} in {self.root} (known: {known})") from exc
+
+    def add(self, model: "SaG", metadata: dict[str, Any] | None = None) -> Version:
+        """Save ``model`` as a new version (not promoted) and return it.
+
+        The checkpoint is written under a hidden name first and renamed to its version id, so listing never sees a
+        partial directory and a crash leaves only a hidden leftover.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".incoming-{uuid.uuid4().hex}"
+        info = model.save_pretrained(staging, metadata=metadata)
+        final = self.root / info.version
+        try:
+            os.rename(staging, final)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return Version(info.version, final, info.metadata)
+
+    # ---- the pointer ------------------------------------------------------------------------------------------
+    def current(self) -> str | None:
+        """The serving version id, or ``None`` when nothing was promoted yet."""
+        if self.redis is not None:
+            value = self.redis.get(self.current_key)
+            return value.decode() if isinstance(value, bytes) else value
+        try:
+            return (self.root / CURRENT_FILE).read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def history(self) -> list[str]:
+        """Promoted versions, oldest first."""
+        if self.redis is not None:
+            return [v.decode() if isinstance(v, bytes) else v for v in self.redis.lrange(self.history_key, 0, -1)]
+        try:
+            text = (self.root / HISTORY_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if line]
+
+    def promote(self, version: str) -> Version:
+        """Make ``version`` the serving one. Workers pick it up before their next job."""
+        found = self.get(version)
+        if self.redis is not None:
+            self._point_to(version)
+        else:
+            with self.lock():
+                self._point_to(version)
+        return found
+
+    def _point_to(self, version: str) -> None:
+        if self.redis is not None:
+            with self.redis.pipeline() as pipe:
+                pipe.set(self.current_key, version)
+                pipe.rpush(self.history_key, version)
+                pipe.execute()
+        else:
+            _write_atomic(self.root / CURRENT_FILE, version + "\n")
+            _write_atomic(self.root / HISTORY_FILE, "".join(v + "\n" for v in [*self.history(), version]))
+        log.info("registry: promoted %s", version)
+
+    def rollback(self, version: str | None = None) -> Version:
+        """Serve ``version`` again, or, without one, the version promoted before the current one."""
+        if version is None:
+            current = self.current()
+            earlier = [v for v in self.history() if v != current]
+            if not earlier:
+                raise RegistryError("nothing to roll back to: no version was promoted before the current one")
+            version = earlier[-1]
+        log.warning("registry: rolling back to %s (was %s)", version, self.current())
+        return self.promote(version)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock across processes sharing ``root`` (e.g. containers on one volume)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def ensure_current(self, build: Callable[[], tuple["SaG", dict[str, Any]]]) -> Version:
+        """The serving version; on an empty registry, ``build()`` a model, store it and promote it.
+
+        Several processes starting together on an empty registry create exactly one version (file lock on
+        ``root``).
+        """
+        current = self.current()
+        if current:
+            return self.get(current)
+        with self.lock():
+            current = self.current()
+            if current:
+                return self.get(current)
+            existing = self.versions()
+            if existing:
+                log.warning("registry: no current version set; promoting the newest stored one, %s", existing[-1].id)
+                version = existing[-1]
+            else:
+                model, metadata = build()
+                version = self.add(model, metadata)
+            self._point_to(version.id)
+            return version
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def open_registry(model_dir: str | Path | None = None, redis_url: str | None = None) -> Registry:
+    """A registry from explicit values or ``SAG_MODEL_DIR`` (default ``./models``) and ``REDIS_URL``."""
+    model_dir = model_dir or os.environ.get("SAG_MODEL_DIR") or "models"
+    redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL")
+    redis = None
+    if redis_url:
+        from redis import Redis
+
+        redis = Redis.from_url(redis_url)
+    return Registry(model_dir, redis)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sag-models``: list, show, promote and roll back checkpoint versions."""
+    parser = argparse.ArgumentParser(prog="sag-models", description=main.__doc__)
+    parser.add_argument("--model-dir", help="registry directory (default: $SAG_MODEL_DIR or ./models)")
+    parser.add_argument("--redis-url", help="Redis holding the current pointer (default: $REDIS_URL; none = files)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="versions with their metadata, oldest first; * marks the current one")
+    sub.add_parser("current", help="print the serving version id")
+    promote = sub.add_parser("promote", help="serve VERSION")
+    promote.add_argument("version")
+    rollback = sub.add_parser("rollback", help="serve VERSION again (default: the one before the current)")
+    rollback.add_argument("version", nargs="?")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    registry = open_registry(args.model_dir, args.redis_url)
+    try:
+        if args.command == "list":
+            current = registry.current()
+            for v in registry.versions():
+                mark = "*" if v.id == current else " "
+                summary = {k: v.metadata.get(k) for k in ("created_at", "parent", "preset", "metrics")}
+                print(f"{mark} {v.id}  {json.dumps(summary, sort_keys=True)}")
+        elif args.command == "current":
+            print(registry.current() or "")
+        elif args.command == "promote":
+            print(registry.promote(args.version).id)
+        else:
+            print(registry.rollback(args.version).id)
+    except RegistryError as exc:
+        print(f"sag-models: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
