@@ -18,6 +18,7 @@ from waitress import serve
 from werkzeug.exceptions import HTTPException
 
 from .dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
+from .jobs import worker_stats
 from .labeling_config import LabelConfigError
 from .logs import configure_logging
 from .model import TRAIN_EVENTS, SaGModel, project_id_of
@@ -107,6 +108,8 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
                                 "model_version": runtime.registry.current()}
         if settings.embedded:
             data["predictor"] = runtime.predictor.stats()
+        else:
+            data["workers"] = worker_stats(runtime)
         return jsonify(data), 200
 
     @app.get("/jobs/<batch_id>")

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ReadTimeoutError
 
 from .ls_client import LabelStudioClient, LabelStudioError
 from .settings import Settings
@@ -246,18 +247,19 @@ class ImageFetcher:
                 return bytes(body)
         except ImageError:
             raise
-        except requests.exceptions.Timeout:
-            raise ImageError(f"downloading {shown} took longer than {timeout:.0f} s (SAG_FETCH_TIMEOUT)") from None
         except requests.exceptions.TooManyRedirects:
             raise ImageError(f"image URL {shown} redirects too many times") from None
         except requests.RequestException as exc:
             blocked = _find_cause(exc, BlockedAddressError)
             if blocked is not None:
                 raise ImageError(f"refused to fetch {shown}: {blocked}") from None
+            # requests reports a read timeout while streaming as a ConnectionError wrapping urllib3's timeout.
+            if isinstance(exc, requests.exceptions.Timeout) or _find_cause(exc, (TimeoutError, ReadTimeoutError)):
+                raise ImageError(f"downloading {shown} took longer than {timeout:.0f} s (SAG_FETCH_TIMEOUT)") from None
             raise ImageError(f"cannot download {shown}: {_short_reason(exc)}") from None
 
 
-def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+def _find_cause(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
     seen = set()
     stack: list[BaseException | None] = [exc]
     while stack:

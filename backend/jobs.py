@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from rq import get_current_job
+
 from .predictor import OutputSpec, TaskInput
-from .runtime import get_runtime
+from .runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ def run_predict_job(job: PredictJob) -> list[dict[str, Any]]:
             raise RuntimeError("bulk job cannot write back: LABEL_STUDIO_URL is not set on this worker")
         runtime.label_studio.import_predictions(job.project_id, predictions)
         runtime.batches.release(job.project_id, [t.task_id for t in job.tasks if t.task_id is not None])
+    _publish_stats(runtime)
     if job.batch_id is not None:
         failed = sum(1 for a in answers if "result" not in a)
         info = runtime.batches.record(job.batch_id, len(answers) - failed, failed)
@@ -68,3 +73,25 @@ def on_predict_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: 
         runtime.batches.record(payload.batch_id, 0, len(payload.tasks))
     if payload.write_back and payload.project_id is not None:
         runtime.batches.release(payload.project_id, [t.task_id for t in payload.tasks if t.task_id is not None])
+
+
+WORKER_STATS_TTL = 3600
+
+
+def _publish_stats(runtime: Runtime) -> None:
+    """Under RQ, share this worker's counters (model loads, images encoded, cache hits) for /metrics."""
+    job = get_current_job()
+    if job is None or runtime.redis is None:
+        return
+    name = job.worker_name or f"pid-{os.getpid()}"
+    key = f"sag:worker-stats:{name}"
+    runtime.redis.set(key, json.dumps({"worker": name, "pid": os.getpid(), **runtime.predictor.stats()}),
+                      ex=WORKER_STATS_TTL)
+
+
+def worker_stats(runtime: Runtime) -> list[dict[str, Any]]:
+    """The counters every live worker published (see :func:`_publish_stats`)."""
+    if runtime.redis is None:
+        return []
+    keys = sorted(runtime.redis.scan_iter(match="sag:worker-stats:*", count=100))
+    return [json.loads(raw) for raw in runtime.redis.mget(keys) if raw] if keys else []

@@ -104,6 +104,8 @@ class Registry:
             os.rename(staging, final)
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
+            if final.is_dir():  # the same weights saved twice within a second: the version already exists
+                return self.get(info.version)
             raise
         return Version(info.version, final, info.metadata)
 

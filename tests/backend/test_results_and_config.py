@@ -1,0 +1,100 @@
+"""Brush RLE and polygons (backend/results.py) and labelling-config checks (backend/labeling_config.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from backend.labeling_config import LabelConfigError, parse_labeling_config
+from backend.results import brush_region, mask_polygons, polygon_regions, rle_to_mask
+
+from .conftest import LABEL_CONFIG
+
+
+def test_brush_region_round_trips_an_irregular_mask_pixel_for_pixel():
+    rng = np.random.default_rng(0)
+    mask = rng.random((37, 53)) > 0.6  # odd sizes, many short runs
+    mask[5:30, 10:50] = True  # and a long run
+    region = brush_region(mask, "Object", "mask", "image", 0.5)
+    assert (region["original_height"], region["original_width"]) == (37, 53)
+    assert region["value"]["format"] == "rle" and region["value"]["brushlabels"] == ["Object"]
+    np.testing.assert_array_equal(rle_to_mask(region["value"]["rle"], 37, 53), mask)
+
+
+def test_rle_alpha_is_255_so_label_studio_shows_the_region():
+    from label_studio_converter import brush
+
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:5] = True
+    alpha = brush.decode_rle(brush_region(mask, "A", "m", "i", 1.0)["value"]["rle"]).reshape(8, 8, 4)[:, :, 3]
+    assert set(np.unique(alpha)) == {0, 255}
+
+
+def test_polygons_follow_each_part_of_the_mask():
+    image = Image.new("L", (200, 120), 0)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((10, 10, 90, 100), fill=1)
+    draw.rectangle((130, 30, 180, 80), fill=1)
+    mask = np.asarray(image).astype(bool)
+    polygons = mask_polygons(mask, tolerance=1.0)
+    assert len(polygons) == 2
+    # Rasterised back, the polygons cover the mask closely (IoU), though simplified.
+    back = Image.new("L", (200, 120), 0)
+    for poly in polygons:
+        ImageDraw.Draw(back).polygon([tuple(map(float, p)) for p in poly], fill=1)
+    back = np.asarray(back).astype(bool)
+    assert (back & mask).sum() / (back | mask).sum() > 0.95
+    regions = polygon_regions(mask, "Object", "poly", "image", 0.3, 1.0)
+    assert len(regions) == 2
+    points = np.array(regions[0]["value"]["points"])
+    assert points.min() >= 0 and points.max() <= 100 and regions[0]["value"]["closed"]
+
+
+def test_polygons_drop_specks():
+    mask = np.zeros((50, 50), bool)
+    mask[10, 10] = True
+    assert mask_polygons(mask, tolerance=1.0) == []
+
+
+def test_config_with_text_field_prompt_and_labels():
+    config = parse_labeling_config(LABEL_CONFIG)
+    assert (config.image_name, config.image_key, config.prompt_name) == ("image", "image", "prompt")
+    assert config.brush.name == "mask" and config.brush.labels == ("Person", "Cat", "Object")
+    assert config.polygon is None
+    config.require_text_source("text")
+    assert config.label_for("the astronaut on the left", {}) == "Person"  # predicted_values
+    assert config.label_for("a sleeping cat", {}) == "Cat"  # the label named in the text
+    assert config.label_for("the red mug", {}) == "Person"  # the first label otherwise
+    assert config.label_for("the red mug", {"mug": "Object"}) == "Object"  # SAG_LABEL_MAP wins
+    with pytest.raises(LabelConfigError, match="not a label"):
+        config.label_for("the mug", {"mug": "Cup"})
+
+
+@pytest.mark.parametrize("xml, message", [
+    ("", "empty"),
+    ("<View><Image", "not valid XML"),
+    ("<View><Text name='t' value='$text'/></View>", "no <Image"),
+    ("<View><Image name='image' value='$image'/><Text name='text' value='$text'/></View>", "no <BrushLabels>"),
+    ("<View><Image name='image' value='$image'/><BrushLabels name='m' toName='other'><Label value='A'/>"
+     "</BrushLabels></View>", "no <BrushLabels>"),
+    ("<View><Image name='image' value='$image'/><BrushLabels name='m' toName='image'/>"
+     "<Text name='text' value='$text'/></View>", "no <Label"),
+])
+def test_unservable_configs_say_what_is_missing(xml, message):
+    with pytest.raises(LabelConfigError, match=message):
+        parse_labeling_config(xml)
+
+
+def test_config_without_a_text_source_is_refused():
+    config = parse_labeling_config("<View><Image name='image' value='$image'/><BrushLabels name='m' toName='image'>"
+                                   "<Label value='A'/></BrushLabels></View>")
+    with pytest.raises(LabelConfigError, match="no text source"):
+        config.require_text_source("text")
+
+
+def test_polygon_only_config_is_served():
+    config = parse_labeling_config("<View><Image name='img' value='$url'/><Header value='$caption'/>"
+                                   "<PolygonLabels name='p' toName='img'><Label value='A'/></PolygonLabels></View>")
+    assert config.brush is None and config.polygon.name == "p" and config.image_key == "url"
+    config.require_text_source("caption")
