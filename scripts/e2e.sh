@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# End-to-end suite with a real Label Studio 1.23.2 (about 3-4 minutes warm; the first run installs Label Studio,
+# about 3 minutes more). Label Studio pins rq/redis versions that conflict with ours, so it gets its own virtual
+# environment, .venv-labelstudio, with Playwright for the screenshot; Chromium comes from Debian.
+# The screenshot of the labelling UI lands in runs/e2e/labeling-ui.png. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+LS_VENV=.venv-labelstudio
+if [ ! -x "$LS_VENV/bin/label-studio" ] || [ ! -d "$LS_VENV/lib/python3.11/site-packages/playwright" ]; then
+    echo "e2e: installing label-studio==1.23.2 and playwright into $LS_VENV"
+    python3 -m venv "$LS_VENV"
+    "$LS_VENV/bin/python" -m pip install --quiet "label-studio==1.23.2" playwright
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "e2e: installing Chromium (Debian package) for the labelling-UI screenshot"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+export SAG_E2E=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/python -m pytest -m e2e tests/e2e -v "$@"
