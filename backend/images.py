@@ -259,7 +259,9 @@ class ImageFetcher:
             raise ImageError(f"cannot download {shown}: {_short_reason(exc)}") from None
 
 
-def _find_cause(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+def _find_cause(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
+                ) -> BaseException | None:
+    """The first exception of type ``kind`` among ``exc``'s causes, contexts and wrapped reasons."""
     seen = set()
     stack: list[BaseException | None] = [exc]
     while stack:

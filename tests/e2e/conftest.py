@@ -1,0 +1,105 @@
+"""A real Label Studio (headless, its own virtual environment) and a real sag-backend, for the e2e suite.
+
+Run with ``bash scripts/e2e.sh`` (it builds ``.venv-labelstudio``); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+LS_VENV = Path(os.environ.get("SAG_E2E_LS_VENV", ROOT / ".venv-labelstudio"))
+TOKEN = "sag-e2e-legacy-token-0123456789"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("SAG_E2E") == "1" and (LS_VENV / "bin" / "label-studio").exists():
+        return
+    skip = pytest.mark.skip(reason="end-to-end suite: run `bash scripts/e2e.sh` (needs .venv-labelstudio)")
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited; log:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not up after {timeout} s; log:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Label Studio 1.23.2 on localhost with a superuser whose legacy token is TOKEN."""
+    data = tmp_path_factory.mktemp("label-studio")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}  # LS reads bare names too
+    env.update({
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": "e2e@example.com",
+        "LABEL_STUDIO_PASSWORD": "e2e-password-123", "LABEL_STUDIO_USER_TOKEN": TOKEN,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false", "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false",
+    })
+    log = data / "label-studio.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(LS_VENV / "bin" / "label-studio"), "start", "--no-browser", "--port", str(port),
+                                 "--internal-host", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 600, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def backend(label_studio: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """sag-backend in embedded mode with a fresh registry (initial version from SAG_E2E_PRESET, default tiny)."""
+    workdir = tmp_path_factory.mktemp("backend")
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "SAG_MODEL_DIR": str(workdir / "models"),
+           "SAG_INIT_PRESET": os.environ.get("SAG_E2E_PRESET", "tiny"), "LABEL_STUDIO_URL": label_studio,
+           "LABEL_STUDIO_API_KEY": TOKEN, "HF_HUB_OFFLINE": "1", "SAG_DEVICE": "cpu"}
+    env.pop("REDIS_URL", None)
+    log = workdir / "backend.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "backend.app"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 300, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+        text = log.read_text()
+        assert TOKEN not in text, "the API key appeared in the backend log"

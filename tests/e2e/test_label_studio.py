@@ -1,0 +1,117 @@
+"""End to end with a real Label Studio 1.23.2: project with our config, real images and texts, connect the backend,
+retrieve predictions, check what Label Studio stored, interactive prompt, and a screenshot of the labelling UI."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from backend.results import rle_to_mask
+
+from .conftest import LS_VENV, ROOT, TOKEN
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = (ROOT / "examples" / "label-config.xml").read_text()
+ARTIFACTS = Path(os.environ.get("SAG_E2E_ARTIFACTS", ROOT / "runs" / "e2e"))
+
+
+class LS:
+    """The few Label Studio API calls the test needs, authenticated with the legacy token."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {TOKEN}"
+
+    def call(self, method: str, path: str, **kwargs):
+        response = self.session.request(method, self.url + path, timeout=120, **kwargs)
+        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text[:500]}"
+        return response.json() if response.content else None
+
+
+def upload(ls: LS, project: int, name: str, image: np.ndarray) -> str:
+    """Upload a photo; Label Studio answers with its /data/upload/... URL (needs the API key to read back)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    ls.call("POST", f"/api/projects/{project}/import", files={"file": (f"{name}.png", buf.getvalue(), "image/png")})
+    tasks = ls.call("GET", f"/api/tasks?project={project}&page_size=100")
+    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+    return next(t["data"]["image"] for t in tasks if t["data"]["image"].endswith(f"{name}.png"))
+
+
+def test_label_studio_stores_our_predictions(label_studio, backend):
+    from skimage import data
+
+    ls = LS(label_studio)
+    photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea()}
+    helper_config = '<View><Image name="image" value="$image"/></View>'
+    helper = ls.call("POST", "/api/projects", json={"title": "uploads", "label_config": helper_config})
+    urls = {name: upload(ls, helper["id"], name, image) for name, image in photos.items()}
+    assert all(url.startswith("/data/upload/") for url in urls.values())
+
+    project = ls.call("POST", "/api/projects", json={"title": "SaG e2e", "label_config": CONFIG})["id"]
+    ls.call("POST", f"/api/projects/{project}/import", json=[
+        {"data": {"image": urls["astronaut"], "text": ["the astronaut in a white suit", "the flag"]}},
+        {"data": {"image": urls["chelsea"], "text": "the cat"}},
+        {"data": {"image": "http://169.254.169.254/latest/meta-data/", "text": "the cat"}},  # refused: no prediction
+    ])
+    tasks = ls.call("GET", f"/api/tasks?project={project}&page_size=100")
+    tasks = sorted(tasks["tasks"] if isinstance(tasks, dict) else tasks, key=lambda t: t["id"])
+
+    ml = ls.call("POST", "/api/ml", json={"url": backend, "project": project, "title": "SaG", "is_interactive": True})
+    version = requests.get(backend + "/health", timeout=10).json()["model_version"]
+    assert ml["state"] == "CO" and ml["model_version"] == version
+
+    ls.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+            json={"selectedItems": {"all": True, "excluded": []}})
+    predictions = ls.call("GET", f"/api/predictions?project={project}")
+    by_task = {p["task"]: p for p in predictions}
+    assert set(by_task) == {tasks[0]["id"], tasks[1]["id"]}  # the refused URL got none, the others one each
+    for task, name, regions in ((tasks[0], "astronaut", 2), (tasks[1], "chelsea", 1)):
+        stored = by_task[task["id"]]
+        assert stored["model_version"] == version
+        assert len(stored["result"]) == regions
+        height, width = photos[name].shape[:2]
+        for region in stored["result"]:
+            assert region["type"] == "brushlabels"
+            assert (region["original_height"], region["original_width"]) == (height, width)
+            mask = rle_to_mask(region["value"]["rle"], height, width)
+            assert 0 < mask.sum() < mask.size
+    assert by_task[tasks[0]["id"]]["result"][0]["value"]["brushlabels"] == ["Person"]  # "astronaut" -> Person
+    assert by_task[tasks[1]["id"]]["result"][0]["value"]["brushlabels"] == ["Animal"]  # "cat" -> Animal
+
+    # Interactive: the annotator types a prompt; Label Studio posts it in the context.
+    context = {"result": [{"from_name": "prompt", "to_name": "image", "type": "textarea",
+                           "value": {"text": ["the woman's face"]}}]}
+    answer = ls.call("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                     json={"task": tasks[0]["id"], "context": context})
+    assert answer["data"]["model_version"] == version
+    assert answer["data"]["result"][0]["value"]["brushlabels"] == ["Person"]
+
+    # Start Training reaches the webhook and is answered (fine-tuning itself is not part of this release).
+    ls.call("POST", f"/api/ml/{ml['id']}/train", json={})
+
+    ls.call("PATCH", f"/api/projects/{project}", json={"model_version": version, "show_collab_predictions": True})
+    screenshot(label_studio, project, tasks[1]["id"])
+
+
+def screenshot(label_studio: str, project: int, task: int) -> None:
+    """Open the task in the labelling UI with headless Chromium and save a screenshot (the predicted mask)."""
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+    if chromium is None:
+        pytest.skip("no Chromium for the screenshot (apt-get install chromium)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    out = ARTIFACTS / "labeling-ui.png"
+    subprocess.run([str(LS_VENV / "bin" / "python"), str(Path(__file__).with_name("screenshot.py")), chromium,
+                    label_studio, "e2e@example.com", "e2e-password-123", f"/projects/{project}/data?task={task}",
+                    str(out)], check=True, timeout=180)
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape[0] > 300 and image.std() > 10  # a rendered page, not a blank one
