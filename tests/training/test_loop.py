@@ -1,0 +1,127 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from sag import SaG, tiny_config
+from training.datasets.refcoco import refer_dataset
+from training.loop import TrainConfig, Trainer, list_checkpoints, lr_factor, parameter_groups
+
+
+def _config(**kw):
+    base = dict(max_steps=4, batch_size=6, lr=1e-3, backbone_lr_scale=0.5, warmup_steps=2, grad_clip=1.0,
+                log_every=1, seed=7, checkpoint_every=2, keep_last=10)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def pairs(synthetic_root):
+    return refer_dataset(synthetic_root, "synthetic", "train", with_masks=False)
+
+
+@pytest.fixture
+def val(synthetic_root):
+    return refer_dataset(synthetic_root, "synthetic", "val")
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return SaG(tiny_config(image_size=32))
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    values = [lr_factor(s, 100, 10, 0.1) for s in range(101)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert values[100] == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, 0.0) == pytest.approx(0.5)
+
+
+def test_parameter_groups_cover_every_parameter_once():
+    model = _model()
+    groups = parameter_groups(model, _config())
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert len(seen) == len(set(seen)) == len(list(model.parameters()))
+    backbone = {id(p) for p in model.image_encoder.parameters()} | {id(p) for p in model.text_encoder.backbone.parameters()}
+    by_name = {g["name"]: g for g in groups}
+    assert {id(p) for p in by_name["backbones"]["params"]} == backbone
+    assert by_name["backbones"]["lr"] == pytest.approx(0.5e-3) and by_name["heads"]["lr"] == pytest.approx(1e-3)
+
+
+def test_training_runs_logs_and_checkpoints(pairs, tmp_path):
+    calls = []
+    result = Trainer(_model(), pairs, _config(), tmp_path, progress=lambda *a: calls.append(a),
+                     show_progress=False).fit()
+    assert result.steps == 4
+    assert [c[0] for c in calls] == [1, 2, 3, 4] and all(c[1] == 4 and math.isfinite(c[2]) for c in calls)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert {"loss", "c3", "recon", "lr", "epoch"} <= set(records[0])
+    assert records[0]["lr"] < records[1]["lr"]  # warm-up
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step-00000002", "step-00000004"]
+    loaded = SaG.from_pretrained(tmp_path / "checkpoints" / "step-00000004")
+    assert loaded.metadata["step"] == 4
+    assert not list((tmp_path / "checkpoints").glob(".*")), "no partial checkpoint is left behind"
+
+
+def test_resume_is_exact(pairs, tmp_path):
+    straight = _model()
+    Trainer(straight, pairs, _config(), tmp_path / "a", show_progress=False).fit()
+    # A second run that stops at step 2 (the checkpoint) and resumes from there in a fresh process-like state.
+    resumed_dir = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000002", resumed_dir / "checkpoints" / "step-00000002")
+    torch.manual_seed(123)  # a different global RNG state: the checkpoint must restore it
+    other = _model(seed=99)  # different initial weights: the checkpoint must replace them
+    trainer = Trainer(other, pairs, _config(), resumed_dir, show_progress=False)
+    result = trainer.fit()
+    assert result.steps == 4
+    for (name, a), (_, b) in zip(straight.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_epochs_grad_accumulation_and_drop_last(pairs, tmp_path):
+    cfg = _config(max_steps=None, epochs=2, batch_size=4, grad_accum=2, checkpoint_every=None)
+    trainer = Trainer(_model(), pairs, cfg, tmp_path, show_progress=False)
+    per_epoch = (len(pairs) // 4) // 2
+    assert trainer.total_steps == 2 * per_epoch
+    result = trainer.fit()
+    assert result.steps == 2 * per_epoch and trainer.epoch == 2
+    assert len(list_checkpoints(tmp_path)) == 2  # one per epoch when nothing else is asked
+
+
+def test_validation_selects_the_best_and_pruning_keeps_it(pairs, val, tmp_path):
+    cfg = _config(max_steps=6, eval_every=2, checkpoint_every=None, keep_last=1, eval_limit=6)
+    trainer = Trainer(_model(), pairs, cfg, tmp_path, val_data=val, show_progress=False)
+    scores = iter([0.2, 0.5, 0.3])
+    trainer.validate = lambda: next(scores)  # the selection logic, independent of what a tiny model scores
+    result = trainer.fit()
+    assert result.best_metric == 0.5 and result.best_checkpoint.name == "step-00000004"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004", "step-00000006"]
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["step"] == 4 and best["val_mIoU"] == 0.5
+
+
+def test_real_validation_is_logged(pairs, val, tmp_path):
+    cfg = _config(max_steps=2, eval_every=2, checkpoint_every=None, eval_limit=5)
+    result = Trainer(_model(), pairs, cfg, tmp_path, val_data=val, show_progress=False).fit()
+    val_records = [r for r in result.history if r.get("split") == "val"]
+    assert len(val_records) == 1 and val_records[0]["count"] == 5 and 0 <= val_records[0]["mIoU"] <= 1
+    assert result.best_metric == val_records[0]["mIoU"]
+
+
+def test_bad_setups_are_rejected(pairs, tmp_path):
+    with pytest.raises(ValueError, match="at least one full batch"):
+        Trainer(_model(), pairs.subset(range(3)), _config(), tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    Trainer(_model(), pairs, _config(max_steps=2), tmp_path, show_progress=False).fit()
+    torch.manual_seed(0)
+    different = SaG(tiny_config(image_size=32, num_gaussians=2))
+    with pytest.raises(ValueError, match="different model config.*num_gaussians"):
+        Trainer(different, pairs, _config(max_steps=3), tmp_path, show_progress=False).fit()

@@ -1,0 +1,417 @@
+"""The training loop as a library: :class:`Trainer` fits a SaG model on image-text pairs.
+
+Callable from the CLI (``sag-train``), the benchmark and the Label Studio fine-tuning job alike::
+
+    trainer = Trainer(model, pairs, TrainConfig(max_steps=1000), output_dir="runs/x", val_data=val,
+                      progress=lambda step, total, loss: ...)
+    result = trainer.fit()        # resumes from the newest checkpoint in output_dir when config.resume
+
+What it does: AdamW with a lower learning rate for the backbones, linear warm-up then cosine decay, mixed precision on
+CUDA, gradient clipping and accumulation, validation on masks (when the validation set has them) with best-checkpoint
+selection, metrics as JSON lines, checkpoints written atomically, exact resume, and DDP under ``torchrun``.
+
+Checkpoint layout (``output_dir/checkpoints/step-00001000/``): the model via ``save_pretrained`` plus
+``trainer_state.pt`` (optimizer, scheduler, grad scaler, RNG states, step, position in the epoch, best metric). The
+whole directory is assembled under a hidden name and renamed into place, so a checkpoint either exists complete or not
+at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from sag import SaG, autocast
+from sag.device import resolve_precision
+from sag.preprocess import preprocess_images
+
+from .datasets.base import Sample
+
+ProgressCallback = Callable[[int, int, float], None]
+TRAINER_STATE = "trainer_state.pt"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """How to train. One optimizer step consumes ``batch_size * grad_accum`` pairs per process."""
+
+    epochs: int = 50
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 32  # per process and micro-batch: C^3 draws its negatives from it
+    grad_accum: int = 1
+    lr: float = 1e-5
+    backbone_lr_scale: float = 0.1  # image and text backbones train at lr * this
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * this
+    grad_clip: float | None = 0.1
+    precision: str = "auto"  # fp32 | bf16 | fp16 | auto (bf16/fp16 on CUDA, fp32 on CPU)
+    seed: int = 1
+    eval_every: int | None = None  # steps between validations; None validates at the end of every epoch
+    eval_batch_size: int = 32
+    eval_limit: int | None = None  # validate on the first N expressions only (None: all, each exactly once)
+    checkpoint_every: int | None = None  # steps; None checkpoints at every validation / epoch end
+    keep_last: int = 2  # older checkpoints are pruned, the best one is always kept
+    log_every: int = 10
+    num_workers: int = 0
+    resume: bool = True  # continue from the newest complete checkpoint in output_dir
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "epochs", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        resolve_precision(self.precision, torch.device("cpu"))  # validates the name
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_checkpoint: Path | None
+    best_metric: float | None
+    last_checkpoint: Path | None
+    history: list[dict] = field(default_factory=list)
+
+
+class Collator:
+    """Samples -> (pixels (B, 3, S, S), input_ids (B, L), attention_mask (B, L)); picklable for DataLoader workers.
+
+    Reads images and texts only: any mask on a sample is ignored, so training is text-supervised by construction.
+    """
+
+    def __init__(self, model: SaG):
+        self.size = model.config.image_size
+        self.mean, self.std = model.image_encoder.mean, model.image_encoder.std
+        self.text_encoder_tokenizer = model.text_encoder.tokenizer
+        self.max_tokens = model.text_encoder.max_tokens
+
+    def __call__(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pixels = preprocess_images([s.image for s in samples], self.size, self.mean, self.std)
+        tok = self.text_encoder_tokenizer([s.text for s in samples], padding=True, truncation=True,
+                                          max_length=self.max_tokens, return_tensors="pt",
+                                          return_token_type_ids=False)
+        return pixels, tok["input_ids"], tok["attention_mask"]
+
+
+def parameter_groups(model: SaG, config: TrainConfig) -> list[dict]:
+    """Two AdamW groups: the backbones at ``lr * backbone_lr_scale``, everything else (heads) at ``lr``."""
+    backbone_ids = {id(p) for m in (model.image_encoder, model.text_encoder.backbone) for p in m.parameters()}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) in backbone_ids]
+    heads = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+    groups = [{"params": heads, "lr": config.lr, "name": "heads"}]
+    if backbone:
+        groups.append({"params": backbone, "lr": config.lr * config.backbone_lr_scale, "name": "backbones"})
+    return groups
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total`` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under ``output_dir/checkpoints``, oldest first (hidden partial ones are ignored)."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+class Trainer:
+    """Fits ``model`` on ``train_data`` (a Dataset of :class:`Sample`; masks, if any, are never read).
+
+    Args:
+        model: a SaG model, on the device to train on (under DDP: this rank's device).
+        train_data: image-text pairs.
+        config: a :class:`TrainConfig`.
+        output_dir: where checkpoints and ``metrics.jsonl`` go.
+        val_data: optional Dataset of :class:`Sample` with masks; validated by mIoU (scheme ``ours``).
+        progress: called after every optimizer step with (step, total steps, loss).
+        metadata: merged into every checkpoint's metadata (e.g. ``trained_on``, ``parent``).
+        show_progress: a tqdm bar on rank 0.
+    """
+
+    def __init__(self, model: SaG, train_data: Dataset, config: TrainConfig, output_dir: str | Path,
+                 val_data: Dataset | None = None, progress: ProgressCallback | None = None,
+                 metadata: dict | None = None, show_progress: bool = True):
+        if len(train_data) < config.batch_size:
+            raise ValueError(f"need at least one full batch: {len(train_data)} pairs < batch_size "
+                             f"{config.batch_size}")
+        self.model = model
+        self.train_data = train_data
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.val_data = val_data
+        self.progress = progress
+        self.metadata = dict(metadata or {})
+        self.show_progress = show_progress
+        self.device = model.device
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        self.collate = Collator(model)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.batches_per_epoch = len(train_data) // (config.batch_size * self.world)
+        self.steps_per_epoch = max(1, self.batches_per_epoch // config.grad_accum)
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.best_metric: float | None = None
+        self.best_checkpoint: Path | None = None
+        self.history: list[dict] = []
+        self.wrapped: nn.Module = model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    # ---- data order -------------------------------------------------------------------------------------------
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's micro-batches of ``epoch``: a seeded permutation, so a resumed run sees the same order."""
+        gen = torch.Generator().manual_seed(self.config.seed * 100003 + epoch)
+        order = torch.randperm(len(self.train_data), generator=gen).tolist()
+        size = self.config.batch_size
+        batches = [order[i * size * self.world:(i + 1) * size * self.world] for i in range(self.batches_per_epoch)]
+        return [b[self.rank::self.world] for b in batches]
+
+    def _loader(self, indices: list[list[int]]) -> DataLoader:
+        # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG, which would
+        # shift the slot noise of a resumed run against an uninterrupted one.
+        gen = torch.Generator().manual_seed(self.config.seed + self.epoch)
+        return DataLoader(self.train_data, batch_sampler=indices, collate_fn=self.collate,
+                          num_workers=self.config.num_workers, generator=gen)
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train to ``total_steps`` (resuming first when ``config.resume``), validate, checkpoint; returns the result."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        checkpoints = list_checkpoints(self.output_dir) if cfg.resume else []
+        if checkpoints:
+            self.load_checkpoint(checkpoints[-1])
+        else:
+            seed_everything(cfg.seed + self.rank)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (self.show_progress
+                                                                                         and self.is_main))
+        self.wrapped.train()
+        last_checkpoint = None
+        running: list[float] = []
+        started = time.time()
+        while self.step < self.total_steps:
+            batches = self._epoch_batches(self.epoch)[self.batch_in_epoch:]
+            usable = len(batches) - len(batches) % cfg.grad_accum
+            micro = 0
+            for pixels, input_ids, attention_mask in self._loader(batches[:usable]):
+                if micro == 0:
+                    self.optimizer.zero_grad(set_to_none=True)
+                out = self._forward(pixels, input_ids, attention_mask, sync=micro == cfg.grad_accum - 1)
+                micro += 1
+                self.batch_in_epoch += 1
+                running.append(float(out.loss.detach()))
+                if micro < cfg.grad_accum:
+                    continue
+                micro = 0
+                lr = self._optimizer_step()
+                loss = float(np.mean(running[-cfg.grad_accum:]))
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if self.progress is not None:
+                    self.progress(self.step, self.total_steps, loss)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    self._log({"step": self.step, "epoch": self.epoch, "loss": loss, "c3": float(out.c3),
+                               "recon": float(out.recon), "lr": lr, "elapsed_s": round(time.time() - started, 2)})
+                epoch_end = self.batch_in_epoch + cfg.grad_accum > self.batches_per_epoch
+                if epoch_end:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                done = self.step >= self.total_steps
+                validate = self._due(cfg.eval_every, epoch_end, done)
+                save = validate or self._due(cfg.checkpoint_every, cfg.eval_every is None and epoch_end, done)
+                metric = self.validate() if validate else None
+                if save:
+                    last_checkpoint = self.save_checkpoint(metric)
+                if done or epoch_end:
+                    break
+        bar.close()
+        if self.distributed:
+            dist.barrier()
+        return TrainResult(self.step, self.best_checkpoint, self.best_metric, last_checkpoint, self.history)
+
+    def _due(self, every: int | None, epoch_end: bool, done: bool) -> bool:
+        return done or (every is None and epoch_end) or (every is not None and self.step % every == 0)
+
+    def _forward(self, pixels, input_ids, attention_mask, sync: bool):
+        dev = self.device
+        pixels, input_ids, attention_mask = pixels.to(dev), input_ids.to(dev), attention_mask.to(dev)
+        ctx = self.wrapped.no_sync() if (self.distributed and not sync) else _null()
+        with ctx:
+            with autocast(dev, self.config.precision):
+                out = self.wrapped(pixels, input_ids, attention_mask)
+            self.scaler.scale(out.loss / self.config.grad_accum).backward()
+        return out
+
+    def _optimizer_step(self) -> float:
+        cfg = self.config
+        factor = lr_factor(self.step, self.total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return self.base_lrs[0] * factor
+
+    # ---- validation -------------------------------------------------------------------------------------------
+    def validate(self) -> float | None:
+        """mIoU (scheme ``ours``) on the validation set on rank 0; None when there is no validation set with masks."""
+        if self.val_data is None or not getattr(self.val_data, "with_masks", True):
+            return None
+        metric = None
+        if self.is_main:
+            from .evaluate import evaluate
+
+            report = evaluate(self.model, self.val_data, schemes=("ours",), batch_size=self.config.eval_batch_size,
+                              limit=self.config.eval_limit, show_progress=False)
+            self.model.train()
+            metric = report.schemes["ours"]["mIoU"]
+            self._log({"step": self.step, "epoch": self.epoch, "split": "val",
+                       **{k: v for k, v in report.schemes["ours"].items()}})
+        return metric
+
+    # ---- logging and checkpoints ------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / METRICS, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "best_metric": self.best_metric,
+            "best_checkpoint": self.best_checkpoint.name if self.best_checkpoint else None,
+            "config": asdict(self.config), "world_size": self.world,
+        }
+
+    def save_checkpoint(self, metric: float | None = None) -> Path | None:
+        """Write ``checkpoints/step-<step>`` atomically (rank 0), update the best and prune old checkpoints."""
+        final = self.output_dir / CHECKPOINTS / f"step-{self.step:08d}"
+        if self.is_main and not final.exists():
+            improved = metric is not None and (self.best_metric is None or metric > self.best_metric)
+            if improved:
+                self.best_metric, self.best_checkpoint = metric, final
+            partial = final.parent / f".{final.name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            meta = {**self.metadata, "step": self.step, "epoch": self.epoch,
+                    "metrics": {"val_mIoU": metric} if metric is not None else {}}
+            self.model.save_pretrained(partial, metadata=meta)
+            tmp_state = partial / f".{TRAINER_STATE}.tmp"
+            torch.save(self.state_dict(), tmp_state)
+            os.replace(tmp_state, partial / TRAINER_STATE)
+            os.rename(partial, final)
+            if self.best_checkpoint is not None:
+                with open(self.output_dir / ".best.json.tmp", "w", encoding="utf-8") as fh:
+                    json.dump({"checkpoint": str(self.best_checkpoint), "step": int(self.best_checkpoint.name[5:]),
+                               "val_mIoU": self.best_metric}, fh)
+                os.replace(self.output_dir / ".best.json.tmp", self.output_dir / "best.json")
+            self._prune()
+        if self.distributed:
+            dist.barrier()
+        return final
+
+    def _prune(self) -> None:
+        keep = set(list_checkpoints(self.output_dir)[-self.config.keep_last:])
+        for path in list_checkpoints(self.output_dir):
+            if path not in keep and path != self.best_checkpoint:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore model weights and the whole trainer state from a checkpoint written by :meth:`save_checkpoint`."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        with open(path / "config.json", encoding="utf-8") as fh:
+            saved = json.load(fh)
+        if saved != self.model.config.to_dict():
+            diff = sorted(k for k in saved if saved[k] != self.model.config.to_dict().get(k))
+            raise ValueError(f"checkpoint {path} was trained with a different model config (differs in {diff})")
+        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
+        if state["world_size"] != self.world or state["config"]["batch_size"] != self.config.batch_size:
+            raise ValueError(f"exact resume needs the same world size and batch size: checkpoint has "
+                             f"{state['world_size']} x {state['config']['batch_size']}, this run "
+                             f"{self.world} x {self.config.batch_size}")
+        self.model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(self.device)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_metric = state["best_metric"]
+        self.best_checkpoint = path.parent / state["best_checkpoint"] if state["best_checkpoint"] else None
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fit(model: SaG, train_data: Dataset, config: TrainConfig, output_dir: str | Path, **kwargs) -> TrainResult:
+    """Shorthand for ``Trainer(model, train_data, config, output_dir, **kwargs).fit()``."""
+    return Trainer(model, train_data, config, output_dir, **kwargs).fit()
