@@ -1,0 +1,148 @@
+"""The fine-tuning job body: text-only pairs from Label Studio tasks, the promotion rule, lineage, and refusal of a
+candidate trained on shuffled texts when hand-corrected masks exist (file registry, tiny model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sag import SaG, tiny_config
+from training.datasets.base import load_image
+from training.finetune import (FinetuneConfig, FinetuneError, finetune, project_data, promotion_decision)
+from training.registry import Registry
+
+
+def _rle(mask: np.ndarray) -> list[int]:
+    from label_studio_converter.brush import mask2rle
+
+    return mask2rle(np.where(mask, 255, 0).astype(np.uint8))
+
+
+def brush_annotation(mask: np.ndarray, **extra) -> dict:
+    h, w = mask.shape
+    return {"id": 100, "result": [{"type": "brushlabels", "from_name": "mask", "to_name": "image",
+                                   "original_height": h, "original_width": w,
+                                   "value": {"format": "rle", "rle": _rle(mask), "brushlabels": ["Object"]}}],
+            **extra}
+
+
+def prompt_annotation(text: str, **extra) -> dict:
+    return {"id": 101, "result": [{"type": "textarea", "from_name": "prompt", "to_name": "image",
+                                   "value": {"text": [text]}}], **extra}
+
+
+@pytest.fixture
+def scenes(tmp_path):
+    """Six small images, each one coloured square on noise, and the text naming its colour."""
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 40),
+               "purple": (150, 50, 190), "orange": (245, 135, 25)}
+    out = []
+    for i, (name, rgb) in enumerate(colours.items()):
+        image = rng.integers(0, 80, (48, 48, 3)).astype(np.uint8)
+        y, x = rng.integers(4, 24, 2)
+        image[y:y + 20, x:x + 20] = rgb
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(image).save(path)
+        out.append((str(path), f"the {name} square"))
+    return out
+
+
+@pytest.fixture
+def registry(tmp_path) -> Registry:
+    torch.manual_seed(0)
+    reg = Registry(tmp_path / "models")
+    reg.promote(reg.add(SaG(tiny_config(image_size=32)), {"preset": "tiny", "trained": False}).id)
+    return reg
+
+
+FAST = FinetuneConfig(steps=4, batch_size=6, lr=1e-3, checkpoint_every=2, show_progress=False)
+
+
+def test_promotion_decision():
+    assert promotion_decision(None, None, 0.0, 0).promote  # nothing to validate on
+    assert "without validation" in promotion_decision(None, None, 0.0, 0).reason
+    assert promotion_decision(0.50, 0.50, 0.0, 3).promote  # not worse
+    assert promotion_decision(0.49, 0.50, 0.02, 3).promote  # within tolerance
+    refused = promotion_decision(0.40, 0.50, 0.02, 3)
+    assert not refused.promote and "worse" in refused.reason
+    assert not promotion_decision(float("nan"), 0.5, 0.0, 3).promote
+    with pytest.raises(ValueError):
+        promotion_decision(None, 0.5, 0.0, 3)
+    with pytest.raises(ValueError):
+        promotion_decision(0.5, 0.5, -0.1, 3)
+
+
+def test_project_data_pairs_never_carry_masks(scenes):
+    (img0, text0), (img1, text1), (img2, _) = scenes[:3]
+    mask = np.zeros((48, 48), bool)
+    mask[5:20, 5:20] = True
+    tasks = [
+        {"id": 1, "data": {"image": img0, "text": text0}, "annotations": [brush_annotation(mask)],
+         "predictions": [7]},
+        {"id": 2, "data": {"image": img1, "text": [text1, "the square"]}, "annotations": []},
+        {"id": 3, "data": {"image": img2}, "annotations": [prompt_annotation("a typed prompt")]},
+        {"id": 4, "data": {"image": img2}, "annotations": [prompt_annotation("cancelled", was_cancelled=True)]},
+        {"id": 5, "data": {"text": "no image here"}},
+    ]
+    data = project_data(tasks, "image", ("text", "prompt"), load_image)
+    assert sorted(data.pairs.texts) == sorted([text0, text1, "the square", "a typed prompt"])
+    assert data.pairs.with_masks is False
+    assert all(e.mask is None for e in data.pairs.expressions)
+    assert all(data.pairs[i].mask is None for i in range(len(data.pairs)))
+    assert data.validation_size == 1 and data.validation[0].mask.sum() == mask.sum()
+    assert data.images == 3 and len(data.skipped) == 1 and "task 5" in data.skipped[0]
+
+
+def test_finetune_without_masks_promotes_and_records_lineage(scenes, registry, tmp_path):
+    parent = registry.current()
+    serving_files = {p.name: p.read_bytes() for p in registry.get(parent).path.iterdir() if p.is_file()}
+    tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
+    steps = []
+    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), FAST, tmp_path / "run",
+                      metadata={"label_studio_project": 3}, report=lambda info: steps.append(info))
+    assert result.promoted and "without validation" in result.reason
+    assert registry.current() == result.version != parent
+    meta = registry.get(result.version).metadata
+    assert meta["parent"] == parent and meta["pairs"] == 6 and meta["label_studio_project"] == 3
+    assert meta["trained_on"]["validation_masks"] == 0 and meta["promotion"]["promoted"] is True
+    assert [s["step"] for s in steps if s.get("stage") == "training"] == [0, 1, 2, 3, 4]
+    assert all(s["total"] == 4 for s in steps if s.get("stage") == "training")
+    assert not (tmp_path / "run").exists()  # the run's own checkpoints are gone once the version is stored
+    assert {p.name: p.read_bytes() for p in registry.get(parent).path.iterdir() if p.is_file()} == serving_files
+    assert [v.id for v in registry.versions()] == sorted([parent, result.version])
+
+
+def test_candidate_trained_on_shuffled_texts_is_not_promoted(scenes, registry, tmp_path):
+    """Three tasks carry masks that annotators accepted from the serving model (so it scores mIoU 1 on them); the
+    other tasks pair every image with another image's text. The candidate fine-tuned on them must not be served."""
+    parent = registry.current()
+    serving = SaG.from_pretrained(registry.get(parent).path)
+    texts = [t for _, t in scenes]
+    tasks = []
+    for i, (img, text) in enumerate(scenes[:3]):
+        with torch.no_grad():
+            [seg] = serving.predict([load_image(img)], [text])
+        tasks.append({"id": 100 + i, "data": {"image": img, "text": text},
+                      "annotations": [brush_annotation(seg.mask.cpu().numpy())]})
+    for i, (img, _) in enumerate(scenes):
+        tasks.append({"id": i, "data": {"image": img, "text": texts[(i + 1) % len(texts)]}})
+    data = project_data(tasks, "image", ("text",), load_image)
+    assert (len(data.pairs), data.validation_size) == (9, 3)
+    result = finetune(registry, data, FAST, tmp_path / "run")
+    assert not result.promoted, result.reason
+    assert registry.current() == parent
+    meta = registry.get(result.version).metadata  # stored for inspection, listed, not served
+    assert meta["promotion"]["promoted"] is False and "worse" in meta["promotion"]["reason"]
+    assert meta["metrics"]["parent_val_mIoU"] == pytest.approx(1.0)
+    assert meta["metrics"]["val_mIoU"] < meta["metrics"]["parent_val_mIoU"]
+
+
+def test_finetune_refuses_a_project_without_pairs(scenes, registry, tmp_path):
+    img, text = scenes[0]
+    data = project_data([{"id": 1, "data": {"image": img, "text": text}}], "image", ("text",), load_image)
+    with pytest.raises(FinetuneError, match="at least 2"):
+        finetune(registry, data, FAST, tmp_path / "run")
+    assert len(registry.versions()) == 1

@@ -1,0 +1,268 @@
+"""Fine-tuning the serving checkpoint on a Label Studio project's image-text pairs: the body of "Start Training".
+
+The backend pulls the project's tasks through Label Studio's API and hands them here; this module knows nothing of
+HTTP or queues. What it does, in order:
+
+1. :func:`project_data` turns tasks into image-text pairs (task text fields and texts typed into ``<TextArea>``
+   prompts) and, separately, a validation set of the masks annotators drew or corrected (brush annotations).
+   Training only ever sees the pairs: masks are never decoded for it.
+2. :func:`finetune` loads the serving version, scores it on the validation masks, fine-tunes it with C^3 +
+   reconstruction (:class:`training.loop.Trainer`, resumable from its own atomic checkpoints), scores the candidate,
+   and asks :func:`promotion_decision` whether it may be served.
+3. The candidate is stored as a new registry version (atomic rename; metadata records its parent, the number of
+   pairs and both scores) whether or not it is promoted, and promoted by moving the current-version pointer.
+
+A crash anywhere before the pointer moves leaves the serving version and its files untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from sag import SaG
+
+from .datasets.base import DatasetError, ImageLoader, ReferringDataset
+from .datasets.label_studio import label_studio_expressions
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any]], None]
+FINGERPRINT = "finetune.json"
+
+
+class FinetuneError(RuntimeError):
+    """Fine-tuning cannot start or finish; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How a project fine-tune runs. The backend builds it from its settings (``SAG_FINETUNE_*``)."""
+
+    steps: int = 200  # optimizer steps
+    batch_size: int = 16  # capped at the number of pairs; C^3 draws its negatives from the batch
+    lr: float = 1e-5
+    tolerance: float = 0.0  # promote when candidate mIoU >= serving mIoU - tolerance
+    min_pairs: int = 2  # C^3 needs at least one negative in a batch
+    checkpoint_every: int = 50  # steps between resumable checkpoints of the run
+    eval_batch_size: int = 8
+    seed: int = 1
+    precision: str = "auto"
+    show_progress: bool = True  # a tqdm bar on stderr
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "min_pairs", "checkpoint_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.min_pairs < 2:
+            raise ValueError(f"min_pairs must be at least 2 (C^3 needs a negative), got {self.min_pairs}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.tolerance <= 1.0:
+            raise ValueError(f"tolerance is in mIoU (0..1), got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class ProjectData:
+    """What a project offers: training pairs (no masks) and the hand-drawn masks to validate on."""
+
+    pairs: ReferringDataset
+    validation: ReferringDataset | None
+    images: int
+    skipped: tuple[str, ...] = ()  # tasks that could not be used, with the reason
+
+    @property
+    def validation_size(self) -> int:
+        return len(self.validation) if self.validation is not None else 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a candidate may be served, and why (shown in the job status and stored in its metadata)."""
+
+    promote: bool
+    reason: str
+
+
+@dataclass
+class FinetuneResult:
+    version: str
+    parent: str
+    promoted: bool
+    reason: str
+    pairs: int
+    validation_masks: int
+    steps: int
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def project_data(tasks: Sequence[dict[str, Any]], image_field: str, text_fields: Sequence[str],
+                 image_loader: ImageLoader) -> ProjectData:
+    """Image-text pairs and validation masks from Label Studio tasks (as exported, with their annotations).
+
+    Texts come from the task data fields and TextArea results named in ``text_fields``. A task that cannot be used
+    (no image, a malformed brush result) is skipped and named in ``skipped`` rather than failing the whole project.
+    Predictions are never read: only annotations (what people submitted) give validation masks.
+    """
+    expressions, skipped = [], []
+    for task in tasks:
+        try:
+            expressions += label_studio_expressions([task], image_field, text_fields)
+        except DatasetError as exc:
+            skipped.append(f"task {task.get('id') if isinstance(task, dict) else '?'}: {exc}")
+    for reason in skipped:
+        log.warning("fine-tune: skipping %s", reason)
+    unique = {}
+    for expr in expressions:  # several annotations of one task repeat its texts: one pair each
+        unique.setdefault((expr.image, expr.text), expr)
+    pairs = ReferringDataset(list(unique.values()), "label-studio", with_masks=False,
+                             image_loader=image_loader).pairs()
+    masked = [e for e in expressions if e.mask is not None]
+    validation = ReferringDataset(masked, "label-studio-masks", True, image_loader) if masked else None
+    return ProjectData(pairs, validation, len({e.image for e in expressions}), tuple(skipped))
+
+
+def promotion_decision(candidate_miou: float | None, serving_miou: float | None, tolerance: float,
+                       validation_size: int) -> Decision:
+    """Promote unless validation masks exist and the candidate's mIoU is below the serving model's minus
+    ``tolerance``. Without validation masks the candidate is promoted, and the reason says it was not validated."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if validation_size == 0:
+        return Decision(True, "no hand-corrected masks in the project: promoted without validation")
+    if candidate_miou is None or serving_miou is None:
+        raise ValueError("with validation masks both the candidate's and the serving model's mIoU are needed")
+    if math.isnan(candidate_miou):
+        return Decision(False, "the candidate's validation mIoU is NaN (training diverged): not promoted")
+    summary = (f"validation mIoU on {validation_size} hand-corrected mask(s): candidate {candidate_miou:.4f}, "
+               f"serving {serving_miou:.4f}, tolerance {tolerance:.4f}")
+    if candidate_miou >= serving_miou - tolerance:
+        return Decision(True, f"{summary}: not worse, promoted")
+    return Decision(False, f"{summary}: worse, not promoted")
+
+
+def validation_miou(model: SaG, data: ReferringDataset, batch_size: int) -> float:
+    """mIoU (scheme ``ours``) of ``model`` on ``data``; leaves the model in eval mode."""
+    from .evaluate import evaluate
+
+    return float(evaluate(model, data, schemes=("ours",), batch_size=batch_size, show_progress=False)
+                 .schemes["ours"]["mIoU"])
+
+
+def _fingerprint(parent: str, data: ProjectData, config: FinetuneConfig) -> str:
+    """Identifies a run: a re-run of the same job resumes only when the parent, pairs and config are unchanged."""
+    digest = hashlib.sha256(parent.encode())
+    for expr in sorted(data.pairs.expressions, key=lambda e: (e.image, e.text)):
+        digest.update(f"\0{expr.image}\0{expr.text}".encode())
+    run = {k: v for k, v in asdict(config).items() if k not in ("tolerance", "show_progress")}
+    digest.update(json.dumps(run, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _prepare_workdir(workdir: Path, fingerprint: str) -> None:
+    """Keep ``workdir`` (a killed run's checkpoints) only if it belongs to this very run; otherwise start clean."""
+    marker = workdir / FINGERPRINT
+    try:
+        same = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == fingerprint
+    except (OSError, ValueError):
+        same = False
+    if same:
+        log.info("fine-tune: resuming the interrupted run in %s", workdir)
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint}), encoding="utf-8")
+
+
+def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, workdir: str | Path,
+             device: str = "cpu", metadata: dict[str, Any] | None = None, report: Report | None = None) -> FinetuneResult:
+    """Fine-tune the serving version on ``data``, store the candidate, promote it if :func:`promotion_decision` allows.
+
+    Args:
+        registry: the checkpoint registry; its current version is the starting point.
+        data: from :func:`project_data`.
+        config: a :class:`FinetuneConfig`.
+        workdir: the run's own directory for resumable checkpoints (a re-run of a killed job resumes there);
+            removed when the run ends.
+        device: where to train.
+        metadata: merged into the new version's metadata (e.g. the Label Studio project and trigger).
+        report: called with progress dicts: ``{"stage": ...}`` and ``{"stage": "training", "step", "total", "loss"}``.
+    """
+    report = report or (lambda info: None)
+    parent = registry.current()
+    if parent is None:
+        raise FinetuneError("the registry has no serving version to fine-tune from; start sag-backend once (it "
+                            "creates the initial version) or promote one with `sag-models promote VERSION`")
+    pairs = len(data.pairs)
+    if pairs < config.min_pairs:
+        raise FinetuneError(f"the project has {pairs} image-text pair(s); fine-tuning needs at least "
+                            f"{config.min_pairs}: add tasks with a text field or type prompts in the TextArea")
+    workdir = Path(workdir)
+    log.info("fine-tune: %d pairs from %d images, %d validation mask(s), from version %s", pairs, data.images,
+             data.validation_size, parent)
+
+    report({"stage": "loading", "parent": parent, "pairs": pairs, "validation_masks": data.validation_size})
+    model = SaG.from_pretrained(registry.get(parent).path, device=device)
+    serving_miou = None
+    if data.validation is not None:
+        report({"stage": "validating the serving version"})
+        serving_miou = validation_miou(model, data.validation, config.eval_batch_size)
+        log.info("fine-tune: serving version %s scores mIoU %.4f on the validation masks", parent, serving_miou)
+
+    from .loop import Trainer, TrainConfig
+
+    _prepare_workdir(workdir, _fingerprint(parent, data, config))
+    train_config = TrainConfig(max_steps=config.steps, batch_size=min(config.batch_size, pairs), lr=config.lr,
+                               eval_every=config.checkpoint_every, checkpoint_every=config.checkpoint_every,
+                               keep_last=1, precision=config.precision, seed=config.seed, resume=True,
+                               log_every=max(1, min(10, config.steps // 10)))
+    last_loss: list[float] = []
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        last_loss[:] = [loss]
+        report({"stage": "training", "step": step, "total": total, "loss": loss})
+
+    report({"stage": "training", "step": 0, "total": config.steps, "loss": None})
+    trained = Trainer(model, data.pairs, train_config, workdir, progress=on_step,
+                      metadata={"parent": parent}, show_progress=config.show_progress).fit()
+
+    candidate_miou = None
+    if data.validation is not None:
+        report({"stage": "validating the candidate"})
+        candidate_miou = validation_miou(model, data.validation, config.eval_batch_size)
+    decision = promotion_decision(candidate_miou, serving_miou, config.tolerance, data.validation_size)
+    serving_now = registry.current()
+    if decision.promote and serving_now != parent:
+        decision = Decision(False, f"the serving version changed from {parent} to {serving_now} while training; "
+                                   "the candidate is stored but not promoted: start training again")
+
+    report({"stage": "saving"})
+    metrics = {"val_mIoU": candidate_miou, "parent_val_mIoU": serving_miou,
+               "final_loss": last_loss[0] if last_loss else None}
+    version = registry.add(model, {
+        **(metadata or {}),
+        "parent": parent,
+        "trained": True,
+        "trained_on": {"source": "label-studio", "pairs": pairs, "images": data.images,
+                       "validation_masks": data.validation_size},
+        "pairs": pairs,
+        "metrics": metrics,
+        "promotion": {"promoted": decision.promote, "reason": decision.reason},
+        "finetune": {k: v for k, v in asdict(config).items() if k != "show_progress"},
+    })
+    if decision.promote:
+        registry.promote(version.id)
+    log.info("fine-tune: stored %s (parent %s): %s", version.id, parent, decision.reason)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return FinetuneResult(version.id, parent, decision.promote, decision.reason, pairs, data.validation_size,
+                          trained.steps, metrics)
