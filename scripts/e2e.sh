@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end suite with a real Label Studio 1.23.2 (about 3-4 minutes warm; the first run installs Label Studio,
-# about 3 minutes more). Label Studio pins rq/redis versions that conflict with ours, so it gets its own virtual
+# End-to-end suite with a real Label Studio 1.23.2 (about 2 minutes on 2 cores; the first run installs Label Studio
+# and Chromium, about 3 minutes more). Label Studio pins rq/redis versions that conflict with ours, so it gets its own virtual
 # environment, .venv-labelstudio, with Playwright for the screenshot; Chromium comes from Debian.
 # The screenshot of the labelling UI lands in runs/e2e/labeling-ui.png. Extra arguments go to pytest.
 set -euo pipefail
