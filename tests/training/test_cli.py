@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from training.cli import _parse_overrides, eval_main, train_main
+from training.presets import PRESETS, build_model, get_preset
+from training.settings import SettingsError, TrainingSettings
+
+
+def test_train_then_eval_from_the_command_line(synthetic_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--preset", "cpu-synthetic", "--format", "synthetic", "--data", str(synthetic_root),
+                       "--output", str(run), "--max-steps", "2", "--batch-size", "4", "--eval-every", "2",
+                       "--set", "model.image_size=32", "--set", "train.eval_limit=4", "--quiet",
+                       "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["best_checkpoint"].endswith("step-00000002")
+    out_json = tmp_path / "eval.json"
+    assert eval_main([summary["best_checkpoint"], "--format", "synthetic", "--data", str(synthetic_root),
+                      "--split", "test", "--ablation", "--baselines", "--overlays", str(tmp_path / "ov"),
+                      "--overlay-count", "2", "--json", str(out_json), "--limit", "6", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("ours (A_slot . A_fuse)", "MAX", "AVG", "MIN", "baseline: whole image", "baseline: centre blob"):
+        assert f"| {row} |" in printed
+    assert "| mIoU | cIoU | acc@0.3 | acc@0.5 | acc@0.7 |" in printed
+    report = json.loads(out_json.read_text())
+    assert report["count"] == 6 and set(report["schemes"]) == {"ours", "max", "avg", "min"}
+    assert len(list((tmp_path / "ov").glob("*.png"))) == 2
+
+
+def test_overrides_parse_json_values():
+    model, train = _parse_overrides(["model.num_gaussians=9", "train.eval_every=null", "model.slot_type=query"])
+    assert model == {"num_gaussians": 9, "slot_type": "query"} and train == {"eval_every": None}
+    with pytest.raises(SystemExit):
+        _parse_overrides(["lr=3"])
+
+
+def test_presets():
+    paper = get_preset("paper")
+    assert (paper.model.image_backbone, paper.model.text_backbone) == ("vit_small_patch16_384", "bert-base-uncased")
+    assert paper.model.num_slots == 36 and paper.model.iterations == 6 and paper.model.image_size == 384
+    assert (paper.train.batch_size, paper.train.epochs, paper.train.lr) == (32, 50, 1e-5)
+    assert paper.train.backbone_lr_scale == 0.1 and paper.train.grad_clip == 0.1
+    cpu = get_preset("cpu-synthetic", model={"slot_type": "random"}, train={"max_steps": 5})
+    assert cpu.model.slot_type == "random" and cpu.train.max_steps == 5 and not cpu.pretrained
+    assert set(PRESETS) == {"paper", "cpu-synthetic"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
+
+
+def test_build_model_is_seeded_and_spreads_text_features():
+    preset = get_preset("cpu-synthetic", model={"image_size": 32})
+    a, b = build_model(preset), build_model(preset)
+    assert all((x == y).all() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    texts = ["the red circle", "the small blue star above the green square", "the leftmost yellow diamond"]
+    spread = a.encode_text(**a.tokenize(texts)).std(0).mean()
+    plain = get_preset("cpu-synthetic", model={"image_size": 32})
+    import dataclasses
+
+    plain_model = build_model(dataclasses.replace(plain, text_init_gain=None))
+    plain_spread = plain_model.encode_text(**plain_model.tokenize(texts)).std(0).mean()
+    assert spread > 5 * plain_spread
+
+
+def test_settings_from_env_and_flags():
+    s = TrainingSettings.from_env({"SAG_DEVICE": "cpu", "SAG_DATA_ROOT": "/d", "SAG_NUM_THREADS": "2"})
+    assert (s.device, str(s.data_root), s.num_threads) == ("cpu", "/d", 2)
+    assert s.override(device="cuda", data_root=None).device == "cuda"
+    assert TrainingSettings.from_env({}).device == "auto"
+    with pytest.raises(SettingsError, match="SAG_NUM_THREADS"):
+        TrainingSettings.from_env({"SAG_NUM_THREADS": "many"})
