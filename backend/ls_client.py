@@ -122,3 +122,32 @@ class LabelStudioClient:
         created = response.json().get("created", len(predictions))
         log.info("label studio: stored %d predictions in project %s", created, project_id)
         return int(created)
+
+    def _json(self, path: str, **kwargs: Any) -> Any:
+        response = self.request("GET", path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise LabelStudioError(f"GET {path}: Label Studio answered with something that is not JSON") from None
+
+    def project(self, project_id: int) -> dict[str, Any]:
+        """The project (``id``, ``label_config``, ``model_version``, ...)."""
+        project = self._json(f"/api/projects/{project_id}")
+        if not isinstance(project, dict) or not isinstance(project.get("label_config"), str):
+            raise LabelStudioError(f"GET /api/projects/{project_id}: the answer has no label_config")
+        return project
+
+    def export_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of the project with its annotations (JSON export; predictions come as ids only)."""
+        tasks = self._json(f"/api/projects/{project_id}/export",
+                           params={"exportType": "JSON", "download_all_tasks": "true"}, timeout=max(self.timeout, 300))
+        if not isinstance(tasks, list):
+            raise LabelStudioError(f"GET /api/projects/{project_id}/export: expected a list of tasks")
+        return tasks
+
+    def predictions(self, project_id: int) -> list[dict[str, Any]]:
+        """Every prediction of the project (``task``, ``model_version``, ``result``, ...)."""
+        found = self._json("/api/predictions", params={"project": project_id}, timeout=max(self.timeout, 300))
+        if not isinstance(found, list):
+            raise LabelStudioError("GET /api/predictions: expected a list of predictions")
+        return found

@@ -45,6 +45,30 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} must be between 0 and 1, got {value}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 def _label_map(env: Mapping[str, str], name: str) -> dict[str, str]:
     raw = env.get(name, "").strip()
     if not raw:
@@ -103,6 +127,16 @@ class Settings:
     max_image_pixels: int = 60_000_000
     fetch_timeout: float = 20.0
 
+    # Fine-tuning from Label Studio ("Start Training"; see training/finetune.py).
+    finetune_steps: int = 200
+    finetune_batch_size: int = 16
+    finetune_lr: float = 1e-5
+    promote_tolerance: float = 0.0  # mIoU a candidate may lose on hand-corrected masks and still be promoted
+    training_timeout: int = 6 * 3600  # seconds one training job may run
+    train_every_annotations: int = 0  # 0 = off; else train after this many new annotations in a project
+    train_interval: int = 0  # seconds; 0 = off; else train on a new annotation once this long after the last run
+    refresh_prelabels: bool = False  # after a promotion, re-predict untouched tasks pre-labelled by older versions
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Read the environment (``os.environ`` by default); keyword ``overrides`` (e.g. CLI flags) win."""
@@ -143,6 +177,14 @@ class Settings:
             max_image_bytes=_int(env, "SAG_MAX_IMAGE_MB", cls.max_image_bytes // 2**20, 1) * 2**20,
             max_image_pixels=_int(env, "SAG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             fetch_timeout=_float(env, "SAG_FETCH_TIMEOUT", cls.fetch_timeout),
+            finetune_steps=_int(env, "SAG_FINETUNE_STEPS", cls.finetune_steps, 1),
+            finetune_batch_size=_int(env, "SAG_FINETUNE_BATCH_SIZE", cls.finetune_batch_size, 2),
+            finetune_lr=_float(env, "SAG_FINETUNE_LR", cls.finetune_lr),
+            promote_tolerance=_fraction(env, "SAG_PROMOTE_TOLERANCE", cls.promote_tolerance),
+            training_timeout=_int(env, "SAG_TRAINING_TIMEOUT", cls.training_timeout, 60),
+            train_every_annotations=_int(env, "SAG_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_annotations, 0),
+            train_interval=_int(env, "SAG_TRAIN_INTERVAL", cls.train_interval, 0),
+            refresh_prelabels=_flag(env, "SAG_REFRESH_PRELABELS", cls.refresh_prelabels),
         )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)

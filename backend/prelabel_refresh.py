@@ -1,0 +1,52 @@
+"""After a promotion, pre-label again the tasks whose predictions came from older versions and that nobody touched.
+
+"Untouched" means no annotation (submitted, skipped or cancelled) and no draft: once a person has worked on a task
+its predictions are left alone. Tasks that never had a prediction are left to Label Studio's own "Retrieve
+predictions". The new predictions go through the ordinary /predict path (:meth:`backend.model.SaGModel.predict`), so
+they are written by the same code, with the new ``model_version``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def stale_tasks(tasks: list[dict[str, Any]], predictions: list[dict[str, Any]], version: str) -> list[dict[str, Any]]:
+    """Tasks with at least one prediction, none of them from ``version``, and no annotation or draft."""
+    versions: dict[Any, set[Any]] = defaultdict(set)
+    for prediction in predictions:
+        versions[prediction.get("task")].add(prediction.get("model_version"))
+    return [t for t in tasks
+            if versions.get(t.get("id")) and version not in versions[t.get("id")]
+            and not t.get("annotations") and not t.get("drafts")]
+
+
+def refresh_prelabels(runtime: Runtime, dispatcher: Any, project_id: int, label_config: str,
+                      tasks: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    """Re-predict the stale tasks of ``project_id`` with the serving ``version``; returns what was done."""
+    from .model import SaGModel
+
+    ls = runtime.label_studio
+    if ls is None or dispatcher is None:
+        return {"tasks": 0, "detail": "no Label Studio client or inference dispatcher here; nothing refreshed"}
+    stale = stale_tasks(tasks, ls.predictions(project_id), version)
+    if not stale:
+        return {"tasks": 0}
+    model = SaGModel(runtime, dispatcher, project_id, label_config)
+    answer = model.predict([{"id": t["id"], "data": t["data"]} for t in stale])
+    if "job" in answer:  # a big refresh: the inference workers write the predictions back themselves
+        log.info("pre-label refresh of project %s: %d tasks queued as batch %s", project_id, len(stale),
+                 answer["job"]["id"])
+        return {"tasks": len(stale), "batch": answer["job"]}
+    predictions = [{"task": t["id"], "result": a["result"], "score": a["score"], "model_version": a["model_version"]}
+                   for t, a in zip(stale, answer["results"]) if isinstance(a, dict) and "result" in a]
+    stored = ls.import_predictions(project_id, predictions)
+    log.info("pre-label refresh of project %s: %d of %d stale tasks re-predicted with %s", project_id, stored,
+             len(stale), version)
+    return {"tasks": len(stale), "stored": stored, "failed": len(stale) - len(predictions)}
