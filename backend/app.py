@@ -24,6 +24,7 @@ from .logs import configure_logging
 from .model import TRAIN_EVENTS, SaGModel, project_id_of
 from .runtime import Runtime, get_runtime, set_runtime
 from .settings import Settings, SettingsError
+from .training_routes import training_blueprint, training_job_status
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
             raise BadRequest("the request needs a 'tasks' list")
         params = payload.get("params") or {}
         context = params.get("context") if isinstance(params, dict) else None
-        return jsonify(model_for(payload).predict(tasks, context=context or None)), 200
+        context = context if isinstance(context, dict) and context else None  # None: batch pre-annotation
+        return jsonify(model_for(payload).predict(tasks, context=context)), 200
 
     @app.post("/webhook")
     def webhook() -> tuple[Response, int]:
@@ -114,10 +116,12 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
 
     @app.get("/jobs/<batch_id>")
     def job_status(batch_id: str) -> tuple[Response, int]:
-        info = runtime.batches.get(batch_id)
+        info = runtime.batches.get(batch_id) or training_job_status(runtime, dispatcher, batch_id)
         if info is None:
-            return jsonify(error=f"no batch {batch_id!r} (unknown or expired)"), 404
+            return jsonify(error=f"no batch or training job {batch_id!r} (unknown or expired)"), 404
         return jsonify(info), 200
+
+    app.register_blueprint(training_blueprint(runtime, dispatcher))
 
     @app.errorhandler(BadRequest)
     def bad_request(exc: "BadRequest") -> tuple[Response, int]:

@@ -89,9 +89,8 @@ class RQDispatcher:
         for job_id, job in pending.items():
             if job.get_status(refresh=True) == JobStatus.QUEUED:
                 job.cancel()  # nobody is waiting for it any more
-            outcomes[job_id] = Outcome(
-                error=f"no result within {timeout:.0f} s (SAG_PREDICT_TIMEOUT): workers are busy or down; ask again later"
-            )
+            outcomes[job_id] = Outcome(error=f"no result within {timeout:.0f} s (SAG_PREDICT_TIMEOUT): workers "
+                                             "are busy or down; ask again later")
         return [outcomes[job.id] for job in handles]
 
     def workers(self) -> int:

@@ -148,7 +148,7 @@ class ImageFetcher:
             return self._from_label_studio(f"/tasks/{task_id}/presign/?fileuri={uri}", url)
         if scheme in ("http", "https"):
             if self.ls is not None and self.ls.owns(url):
-                return self._download(url, self.ls.auth_headers())
+                return self._from_label_studio(url, url)
             return self._download(url, {})
         if scheme == "file":
             return self._local(unquote(urlsplit(url).path))
@@ -167,7 +167,7 @@ class ImageFetcher:
                          "s3/gs/azure-blob URL or a local path")
 
     # ---- sources ----------------------------------------------------------------------------------------------
-    def _from_label_studio(self, path: str, original: str) -> bytes:
+    def _from_label_studio(self, path_or_url: str, original: str) -> bytes:
         if self.ls is None:
             raise ImageError(
                 f"{display_url(original)} is served by Label Studio: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
@@ -177,7 +177,8 @@ class ImageFetcher:
             headers = self.ls.auth_headers()
         except LabelStudioError as exc:
             raise ImageError(f"cannot fetch {display_url(original)}: {exc}") from None
-        return self._download(self.ls.absolute(path), headers)
+        url = path_or_url if path_or_url.startswith(("http://", "https://")) else self.ls.absolute(path_or_url)
+        return self._download(url, headers)
 
     def _label_studio_local_file(self, path: str) -> bytes | None:
         """Read a ``/data/local-files/?d=...`` file straight from LOCAL_FILES_DOCUMENT_ROOT when it is mounted."""

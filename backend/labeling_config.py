@@ -52,15 +52,19 @@ class LabelingConfig:
                 "for typed prompts"
             )
 
-    def label_for(self, text: str, label_map: dict[str, str]) -> str | None:
-        """The label for a referring ``text``: the first ``label_map`` key found in it (case-insensitive), else a
-        label (or one of its ``predicted_values``) named as a word in the text, else the control's first label."""
-        control = self.brush or self.polygon
+    def label_for(self, text: str, label_map: dict[str, str], control: Control | None = None) -> str | None:
+        """The label of ``control`` (default: the brush, else the polygon control) for a referring ``text``: the
+        first ``label_map`` key found in it (case-insensitive), else a label (or one of its ``predicted_values``)
+        named as a word in the text, else the control's first label."""
+        control = control or self.brush or self.polygon
         if control is None or not control.labels:
             return None
         lowered = text.lower()
+        primary = control is (self.brush or self.polygon)
         for needle, label in label_map.items():
             if needle.lower() in lowered:
+                if label not in control.labels and not primary:
+                    continue  # a map for the brush labels; the polygon control falls back below
                 if label not in control.labels:
                     raise LabelConfigError(
                         f"SAG_LABEL_MAP maps {needle!r} to {label!r}, which is not a label of <{control.name}>: "

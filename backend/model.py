@@ -110,13 +110,13 @@ class SaGModel:
         if not isinstance(image, str) or not image.strip():
             raise TaskRejected(f"the task has no image in data field {config.image_key!r}")
         texts = self._texts(data, config, context)
-        labels = []
-        for text in texts:
-            try:
-                labels.append(config.label_for(text, self.settings.label_map))
-            except LabelConfigError as exc:
-                raise TaskRejected(str(exc)) from None
-        return TaskInput(_task_id(task), image.strip(), tuple(texts), tuple(labels))
+        second = config.polygon if config.brush and config.polygon else None
+        try:
+            labels = tuple(config.label_for(text, self.settings.label_map) for text in texts)
+            polygon_labels = tuple(config.label_for(t, self.settings.label_map, second) for t in texts if second)
+        except LabelConfigError as exc:
+            raise TaskRejected(str(exc)) from None
+        return TaskInput(_task_id(task), image.strip(), tuple(texts), labels, polygon_labels)
 
     def _texts(self, data: dict[str, Any], config: LabelingConfig, context: dict[str, Any] | None) -> list[str]:
         """The referring texts: a typed prompt from the context wins; else the task field (a string or a list)."""
@@ -207,14 +207,20 @@ class SaGModel:
 
     # ---- fit --------------------------------------------------------------------------------------------------
     def fit(self, event: str, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Webhook events. Annotation events must return within Label Studio's 1 s webhook timeout, so they are
-        only acknowledged; fine-tuning on START_TRAINING is not part of this release."""
+        """Webhook events, answered at once (Label Studio waits 1 s for annotation events, 100 s for
+        START_TRAINING): START_TRAINING queues fine-tuning of the project (one job per project; a second request
+        is answered ``already_training``); annotation events feed the periodic trigger (SAG_TRAIN_EVERY_N_ANNOTATIONS,
+        SAG_TRAIN_INTERVAL). See :mod:`backend.training_jobs`."""
+        from .training_jobs import training_service
+
         project_id = project_id_of(data.get("project"))
+        if project_id is None:
+            return {"status": "ignored", "event": event, "detail": "the event names no project"}
+        service = training_service(self.runtime, self.dispatcher)
         if event == "START_TRAINING":
-            log.warning("START_TRAINING for project %s: fine-tuning from Label Studio is not available in this "
-                        "release; the serving version stays %s", project_id, self.model_version)
-            return {"status": "not_available", "detail": "fine-tuning from Label Studio is not available yet",
-                    "model_version": self.model_version}
+            return {**service.submit(project_id, event), "model_version": self.model_version}
+        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            return service.on_annotation(project_id, event)
         return {"status": "acknowledged", "event": event, "project": project_id}
 
 

@@ -36,7 +36,8 @@ class TaskInput:
     task_id: int | None
     image_url: str
     texts: tuple[str, ...]
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # per text, for the brush (or only) control
+    polygon_labels: tuple[str, ...] = ()  # per text, when a polygon control has labels of its own
 
 
 @dataclass(frozen=True)
@@ -197,18 +198,17 @@ class Predictor:
 
     # ---- text side and fusion ---------------------------------------------------------------------------------
     def _segment(self, model: SaG, pending: list[_Pending], spec: OutputSpec) -> None:
-        pairs = [(item, text, label) for item in pending if item.error is None
-                 for text, label in zip(item.task.texts, item.task.labels)]
+        pairs = [(item, i) for item in pending if item.error is None for i in range(len(item.task.texts))]
 
-        def run(batch: Sequence[tuple[_Pending, str, str]]) -> list[tuple[Any, float]]:
+        def run(batch: Sequence[tuple[_Pending, int]]) -> list[tuple[Any, float]]:
             with torch.inference_mode(), autocast(self.device, self.settings.precision):
-                text = model.encode_text(**model.tokenize([t for _, t, _ in batch]))
-                image = ImageEntities.cat([item.image.entities for item, _, _ in batch])
-                segs = model.segment(image, text, [item.image.size for item, _, _ in batch])
+                text = model.encode_text(**model.tokenize([item.task.texts[i] for item, i in batch]))
+                image = ImageEntities.cat([item.image.entities for item, _ in batch])
+                segs = model.segment(image, text, [item.image.size for item, _ in batch])
             return [(seg.mask.cpu().numpy(), seg.score) for seg in segs]
 
         for batch in _batched(pairs, self.settings.batch_size):
-            for (item, _, label), result in zip(batch, _each_or_alone(batch, run)):
+            for (item, i), result in zip(batch, _each_or_alone(batch, run)):
                 if item.error is not None:
                     continue
                 if isinstance(result, Exception):
@@ -216,10 +216,12 @@ class Predictor:
                     item.error = f"the model failed on this text ({type(result).__name__}: {result})"
                     continue
                 mask, score = result
+                label = item.task.labels[i]
                 if spec.brush:
                     item.regions.append(brush_region(mask, label, spec.brush, spec.to_name, score))
                 if spec.polygon:
-                    item.regions.extend(polygon_regions(mask, label, spec.polygon, spec.to_name, score,
+                    polygon_label = item.task.polygon_labels[i] if item.task.polygon_labels else label
+                    item.regions.extend(polygon_regions(mask, polygon_label, spec.polygon, spec.to_name, score,
                                                         self.settings.polygon_tolerance))
                 item.scores.append(score)
 

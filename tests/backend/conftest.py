@@ -3,6 +3,7 @@ database of our own and real ``sag-worker`` processes."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -145,9 +146,10 @@ def http_server() -> Iterator[tuple[str, Served]]:
         server.server_close()
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis database of this test's own on the real server at 127.0.0.1:6379, emptied afterwards."""
+@contextlib.contextmanager
+def claim_redis_db() -> Iterator[str]:
+    """The URL of an empty database on the real Redis at 127.0.0.1:6379, claimed for the caller and emptied after.
+    Skips the test when Redis is not running."""
     import redis
 
     probe = redis.Redis(REDIS_HOST, REDIS_PORT, socket_connect_timeout=2)
@@ -166,6 +168,13 @@ def redis_url() -> Iterator[str]:
                 conn.flushdb()
             return
     pytest.skip("no empty Redis database (2-15) to use")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database of this test's own (see :func:`claim_redis_db`)."""
+    with claim_redis_db() as url:
+        yield url
 
 
 @pytest.fixture

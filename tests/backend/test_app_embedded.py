@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from sag import SaG, tiny_config
 from training.registry import Registry
 
 from .conftest import LABEL_CONFIG, png_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -67,6 +70,29 @@ def test_predict_returns_brush_rle_equal_to_the_model_mask(model_dir, http_serve
         np.testing.assert_array_equal(decoded, seg.mask.numpy())
         assert region["score"] == pytest.approx(seg.score, abs=1e-6)
     assert {r["model_version"] for r in results} == {version}
+
+
+def test_polygon_config_gets_brush_and_polygon_regions(model_dir, http_server, photos):
+    base, served = http_server
+    served.files["/cat.png"] = (png_bytes(photos["chelsea"]), "image/png")
+    config = open(ROOT / "examples" / "label-config-polygons.xml").read()
+    client = make_client(model_dir)
+    response = client.post("/predict", json={"label_config": config, "tasks": [
+        {"id": 1, "data": {"image": f"{base}/cat.png", "text": "the cat"}}]})
+    [answer] = response.get_json()["results"]
+    kinds = [r["type"] for r in answer["result"]]
+    assert kinds[0] == "brushlabels" and "polygonlabels" in kinds
+    height, width = photos["chelsea"].shape[:2]
+    mask = rle_to_mask(answer["result"][0]["value"]["rle"], height, width)
+    for region in answer["result"][1:]:
+        points = np.array(region["value"]["points"])
+        assert region["from_name"] == "outline" and region["value"]["polygonlabels"] == ["Object"]
+        assert points.min() >= 0 and points.max() <= 100
+        # Every vertex lies on the mask (within a pixel or two of simplification).
+        cols = np.clip((points[:, 0] * width / 100).astype(int), 0, width - 1)
+        rows = np.clip((points[:, 1] * height / 100).astype(int), 0, height - 1)
+        near = [mask[max(r - 2, 0):r + 3, max(c - 2, 0):c + 3].any() for r, c in zip(rows, cols)]
+        assert all(near)
 
 
 def test_every_bad_input_fails_alone_and_the_server_keeps_serving(model_dir, http_server, photos):
@@ -182,9 +208,11 @@ def test_malformed_requests_and_webhooks(model_dir):
     client = make_client(model_dir)
     assert client.post("/predict", data="not json", content_type="application/json").status_code == 400
     assert "tasks" in client.post("/predict", json={"tasks": "x"}).get_json()["error"]
+    odd_context = client.post("/predict", json={"tasks": [], "label_config": LABEL_CONFIG, "params": {"context": []}})
+    assert odd_context.status_code == 200 and odd_context.get_json() == {"results": []}
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).get_json() == {"status": "Unknown event"}
     response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
-    assert response.status_code == 201 and response.get_json()["result"]["status"] == "not_available"
+    assert response.status_code == 201 and response.get_json()["result"]["status"] == "not_configured"
     results = predict(client, [{"id": 1, "data": {"image": "x", "text": "y"}}])["results"]
     assert "error" in results[0]
     bad_config = client.post("/predict", json={"tasks": [{"id": 1, "data": {}}], "label_config": "<View/>"})

@@ -98,3 +98,14 @@ def test_polygon_only_config_is_served():
                                    "<PolygonLabels name='p' toName='img'><Label value='A'/></PolygonLabels></View>")
     assert config.brush is None and config.polygon.name == "p" and config.image_key == "url"
     config.require_text_source("caption")
+
+
+def test_a_polygon_control_with_its_own_labels_gets_its_own_label():
+    config = parse_labeling_config(
+        "<View><Image name='image' value='$image'/><Text name='text' value='$text'/>"
+        "<BrushLabels name='mask' toName='image'><Label value='Person'/><Label value='Object'/></BrushLabels>"
+        "<PolygonLabels name='outline' toName='image'><Label value='Outline'/><Label value='Man'/></PolygonLabels>"
+        "</View>")
+    assert config.label_for("the man on the left", {"man": "Person"}) == "Person"
+    assert config.label_for("the man on the left", {"man": "Person"}, config.polygon) == "Man"
+    assert config.label_for("the red mug", {"man": "Person"}, config.polygon) == "Outline"

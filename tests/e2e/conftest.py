@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -83,23 +83,40 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(proc)
 
 
-@pytest.fixture(scope="session")
-def backend(label_studio: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """sag-backend in embedded mode with a fresh registry (initial version from SAG_E2E_PRESET, default tiny)."""
-    workdir = tmp_path_factory.mktemp("backend")
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "SAG_MODEL_DIR": str(workdir / "models"),
-           "SAG_INIT_PRESET": os.environ.get("SAG_E2E_PRESET", "tiny"), "LABEL_STUDIO_URL": label_studio,
-           "LABEL_STUDIO_API_KEY": TOKEN, "HF_HUB_OFFLINE": "1", "SAG_DEVICE": "cpu"}
-    env.pop("REDIS_URL", None)
-    log = workdir / "backend.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "backend.app"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", 300, proc, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
+@pytest.fixture
+def start_backend(label_studio: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start ``sag-backend`` (and, with ``redis_url``, one ``sag-worker``) on a fresh registry whose initial version
+    comes from SAG_E2E_PRESET (default tiny); returns the backend URL. Stopped after the test."""
+    procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(redis_url: str | None = None, **extra: str) -> str:
+        port = free_port()
+        env = {**os.environ, "PORT": str(port), "SAG_MODEL_DIR": str(tmp_path / "models"),
+               "SAG_INIT_PRESET": os.environ.get("SAG_E2E_PRESET", "tiny"), "LABEL_STUDIO_URL": label_studio,
+               "LABEL_STUDIO_API_KEY": TOKEN, "HF_HUB_OFFLINE": "1", "SAG_DEVICE": "cpu", **extra}
+        env.pop("REDIS_URL", None)
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+            log = tmp_path / "worker.log"
+            with open(log, "w") as out:
+                procs.append((subprocess.Popen([sys.executable, "-m", "backend.worker"], env=env, stdout=out,
+                                               stderr=subprocess.STDOUT, cwd=ROOT), log))
+        log = tmp_path / "backend.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "backend.app"], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=ROOT)
+        procs.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", 300, proc, log)
+        if redis_url:
+            deadline = time.monotonic() + 120
+            while requests.get(f"{url}/health", timeout=5).json()["workers"] < 1:
+                assert time.monotonic() < deadline, "sag-worker did not register"
+                time.sleep(0.5)
+        return url
+
+    yield start
+    for proc, _ in procs:
         stop(proc)
-        text = log.read_text()
-        assert TOKEN not in text, "the API key appeared in the backend log"
+    for _, log in procs:
+        assert TOKEN not in log.read_text(), f"the API key appeared in {log.name}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +48,29 @@ def upload(ls: LS, project: int, name: str, image: np.ndarray) -> str:
     return next(t["data"]["image"] for t in tasks if t["data"]["image"].endswith(f"{name}.png"))
 
 
-def test_label_studio_stores_our_predictions(label_studio, backend):
+@pytest.fixture(scope="module")
+def uploaded(label_studio):
+    """Real photos uploaded to Label Studio, by name: (pixels, /data/upload/... URL)."""
     from skimage import data
 
     ls = LS(label_studio)
-    photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea()}
+    photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee()}
     helper_config = '<View><Image name="image" value="$image"/></View>'
     helper = ls.call("POST", "/api/projects", json={"title": "uploads", "label_config": helper_config})
     urls = {name: upload(ls, helper["id"], name, image) for name, image in photos.items()}
     assert all(url.startswith("/data/upload/") for url in urls.values())
+    return photos, urls
+
+
+def project_tasks(ls: LS, project: int) -> list[dict]:
+    tasks = ls.call("GET", f"/api/tasks?project={project}&page_size=100")
+    return sorted(tasks["tasks"] if isinstance(tasks, dict) else tasks, key=lambda t: t["id"])
+
+
+def test_label_studio_stores_our_predictions(label_studio, start_backend, uploaded):
+    ls = LS(label_studio)
+    photos, urls = uploaded
+    backend = start_backend()
 
     project = ls.call("POST", "/api/projects", json={"title": "SaG e2e", "label_config": CONFIG})["id"]
     ls.call("POST", f"/api/projects/{project}/import", json=[
@@ -63,8 +78,7 @@ def test_label_studio_stores_our_predictions(label_studio, backend):
         {"data": {"image": urls["chelsea"], "text": "the cat"}},
         {"data": {"image": "http://169.254.169.254/latest/meta-data/", "text": "the cat"}},  # refused: no prediction
     ])
-    tasks = ls.call("GET", f"/api/tasks?project={project}&page_size=100")
-    tasks = sorted(tasks["tasks"] if isinstance(tasks, dict) else tasks, key=lambda t: t["id"])
+    tasks = project_tasks(ls, project)
 
     ml = ls.call("POST", "/api/ml", json={"url": backend, "project": project, "title": "SaG", "is_interactive": True})
     version = requests.get(backend + "/health", timeout=10).json()["model_version"]
@@ -101,6 +115,40 @@ def test_label_studio_stores_our_predictions(label_studio, backend):
 
     ls.call("PATCH", f"/api/projects/{project}", json={"model_version": version, "show_collab_predictions": True})
     screenshot(label_studio, project, tasks[1]["id"])
+
+
+def test_bulk_prelabelling_through_redis_workers_is_written_back(label_studio, start_backend, uploaded):
+    from tests.backend.conftest import claim_redis_db
+
+    ls = LS(label_studio)
+    photos, urls = uploaded
+    with claim_redis_db() as redis_url:
+        backend = start_backend(redis_url, SAG_SYNC_MAX_TASKS="2", SAG_BATCH_SIZE="2")
+        project = ls.call("POST", "/api/projects", json={"title": "SaG bulk", "label_config": CONFIG})["id"]
+        ls.call("POST", f"/api/projects/{project}/import", json=[
+            {"data": {"image": urls[name], "text": f"the {word}"}}
+            for name, word in (("astronaut", "woman"), ("chelsea", "cat"), ("coffee", "cup"), ("chelsea", "ear"),
+                               ("coffee", "saucer"))
+        ])
+        tasks = project_tasks(ls, project)
+        ml = ls.call("POST", "/api/ml", json={"url": backend, "project": project, "title": "SaG"})
+        version = ml["model_version"]
+        # More tasks than SAG_SYNC_MAX_TASKS: the backend answers at once and the worker writes back via the API.
+        ls.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+                json={"selectedItems": {"all": True, "excluded": []}})
+        deadline = time.monotonic() + 120
+        while len(stored := ls.call("GET", f"/api/predictions?project={project}")) < len(tasks):
+            assert time.monotonic() < deadline, f"only {len(stored)} of {len(tasks)} predictions written back"
+            time.sleep(1)
+        assert sorted(p["task"] for p in stored) == [t["id"] for t in tasks]  # one each, no duplicates
+        assert {p["model_version"] for p in stored} == {version}
+        name_of = {t["id"]: next(n for n, u in urls.items() if u == t["data"]["image"]) for t in tasks}
+        for prediction in stored:
+            height, width = photos[name_of[prediction["task"]]].shape[:2]
+            region = prediction["result"][0]
+            assert rle_to_mask(region["value"]["rle"], height, width).any()
+        workers = requests.get(f"{backend}/metrics", timeout=10).json()["workers"]
+        assert [(w["model_loads"], w["images_encoded"]) for w in workers] == [(1, 3)]  # 5 tasks, 3 images
 
 
 def screenshot(label_studio: str, project: int, task: int) -> None:

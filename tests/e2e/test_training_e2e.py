@@ -1,0 +1,71 @@
+"""Start Training with a real Label Studio 1.23.2: the training action through LS's API (what the model card's
+"Start Training" menu does), the fine-tuning job in the backend, and the new version on the next predictions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from .test_label_studio import CONFIG, LS, upload
+
+pytestmark = pytest.mark.e2e
+
+
+def test_start_training_from_label_studio_serves_a_new_version(label_studio, start_backend):
+    from skimage import data
+
+    ls = LS(label_studio)
+    photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee()}
+    helper = ls.call("POST", "/api/projects", json={"title": "training uploads",
+                                                    "label_config": '<View><Image name="image" value="$image"/></View>'})
+    urls = {name: upload(ls, helper["id"], name, image) for name, image in photos.items()}
+    backend = start_backend(SAG_FINETUNE_STEPS="4", SAG_FINETUNE_BATCH_SIZE="4", SAG_REFRESH_PRELABELS="true")
+
+    project = ls.call("POST", "/api/projects", json={"title": "SaG training", "label_config": CONFIG})["id"]
+    ls.call("POST", f"/api/projects/{project}/import", json=[
+        {"data": {"image": urls["astronaut"], "text": "the astronaut in a white suit"}},
+        {"data": {"image": urls["chelsea"], "text": "the cat"}},
+        {"data": {"image": urls["coffee"], "text": "the cup of coffee"}},
+    ])
+    tasks = ls.call("GET", f"/api/tasks?project={project}&page_size=100")
+    tasks = sorted(tasks["tasks"] if isinstance(tasks, dict) else tasks, key=lambda t: t["id"])
+    ml = ls.call("POST", "/api/ml", json={"url": backend, "project": project, "title": "SaG", "is_interactive": True})
+    old = ml["model_version"]
+    ls.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+            json={"selectedItems": {"all": True, "excluded": []}})
+    assert {p["model_version"] for p in ls.call("GET", f"/api/predictions?project={project}")} == {old}
+
+    # An annotator types a prompt on the first task (a text-only annotation: a training pair, no mask).
+    ls.call("POST", f"/api/tasks/{tasks[0]['id']}/annotations", json={"result": [
+        {"from_name": "prompt", "to_name": "image", "type": "textarea", "value": {"text": ["the flag"]}}]})
+
+    ls.call("POST", f"/api/ml/{ml['id']}/train", json={})  # LS posts START_TRAINING to our /webhook
+    deadline = time.monotonic() + 300
+    while (job := requests.get(f"{backend}/training/{project}", timeout=10)).status_code == 404 or \
+            job.json()["state"] not in ("finished", "failed"):
+        assert time.monotonic() < deadline, f"training did not finish: {job.text[:500]}"
+        time.sleep(1)
+    info = job.json()
+    assert info["state"] == "finished", info
+    result = info["result"]
+    assert result["promoted"] and result["parent"] == old and result["pairs"] == 4  # 3 task texts + 1 prompt
+    new = result["version"]
+    assert requests.get(f"{backend}/health", timeout=10).json()["model_version"] == new != old
+
+    # Untouched tasks were pre-labelled again with the new version; the annotated one kept its old prediction.
+    assert result["prelabels"]["stored"] == 2
+    by_version = {}
+    for p in ls.call("GET", f"/api/predictions?project={project}"):
+        by_version.setdefault(p["model_version"], set()).add(p["task"])
+    assert by_version[new] == {tasks[1]["id"], tasks[2]["id"]}
+
+    # The next interactive prediction comes from the new version.
+    context = {"result": [{"from_name": "prompt", "to_name": "image", "type": "textarea",
+                           "value": {"text": ["the cat's ear"]}}]}
+    answer = ls.call("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                     json={"task": tasks[1]["id"], "context": context})
+    assert answer["data"]["model_version"] == new
+    versions = requests.get(f"{backend}/versions", timeout=10).json()
+    assert versions["current"] == new and [v["version"] for v in versions["versions"]] == sorted([old, new])
