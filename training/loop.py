@@ -56,6 +56,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-5
     backbone_lr_scale: float = 0.1  # image and text backbones train at lr * this
+    freeze_image_backbone: bool = False  # keep the image backbone's weights fixed (no gradients computed)
     weight_decay: float = 1e-4
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the cosine ends at lr * this
@@ -194,6 +195,8 @@ class Trainer:
         self.world = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
         self.collate = Collator(model)
+        if config.freeze_image_backbone:
+            model.image_encoder.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -269,8 +272,8 @@ class Trainer:
                 if self.progress is not None:
                     self.progress(self.step, self.total_steps, loss)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    self._log({"step": self.step, "epoch": self.epoch, "loss": loss, "c3": float(out.c3),
-                               "recon": float(out.recon), "lr": lr, "elapsed_s": round(time.time() - started, 2)})
+                    self._log({"step": self.step, "epoch": self.epoch, "loss": loss, "c3": float(out.c3.detach()),
+                               "recon": float(out.recon.detach()), "lr": lr, "elapsed_s": round(time.time() - started, 2)})
                 epoch_end = self.batch_in_epoch + cfg.grad_accum > self.batches_per_epoch
                 if epoch_end:
                     self.epoch += 1

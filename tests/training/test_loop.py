@@ -125,3 +125,12 @@ def test_bad_setups_are_rejected(pairs, tmp_path):
     different = SaG(tiny_config(image_size=32, num_gaussians=2))
     with pytest.raises(ValueError, match="different model config.*num_gaussians"):
         Trainer(different, pairs, _config(max_steps=3), tmp_path, show_progress=False).fit()
+
+
+def test_frozen_image_backbone_keeps_its_weights(pairs, tmp_path):
+    model = _model()
+    before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    heads_before = model.fusion.to_q.weight.clone()
+    Trainer(model, pairs, _config(max_steps=2, freeze_image_backbone=True), tmp_path, show_progress=False).fit()
+    assert all(torch.equal(before[k], v) for k, v in model.image_encoder.state_dict().items())
+    assert not torch.equal(heads_before, model.fusion.to_q.weight)

@@ -107,3 +107,13 @@ def test_regeneration_is_byte_identical(synthetic_root, tmp_path):
     again = write_benchmark(tmp_path / "again", SMALL, progress=False)
     for name in ("instances.json", "refs(synthetic).p"):
         assert (again / name).read_bytes() == (synthetic_root / "synthetic" / name).read_bytes()
+
+
+def test_command_line_writes_the_layout(tmp_path):
+    from training.datasets.synthetic import main
+
+    assert main(["--out", str(tmp_path / "s"), "--train", "3", "--val", "2", "--test", "0", "--compositional", "2",
+                 "--image-size", "32"]) == 0
+    assert {p.name for p in (tmp_path / "s").iterdir()} == {"images", "instances.json", "refs(synthetic).p",
+                                                            "synthetic.json"}
+    assert refer_dataset(tmp_path, "s", "compositional", split_by="synthetic")[0].mask.shape == (32, 32)

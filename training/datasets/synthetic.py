@@ -446,3 +446,26 @@ def write_benchmark(root: str | Path, config: SyntheticConfig = SyntheticConfig(
     with open(root / "synthetic.json", "w", encoding="utf-8") as fh:
         json.dump(config_dict, fh, indent=2, sort_keys=True)
     return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.datasets.synthetic --out DIR``: write the benchmark (refer layout) into DIR."""
+    import argparse
+
+    defaults = SyntheticConfig()
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", required=True, help="target directory (e.g. data/synthetic)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    for split in SPLITS:
+        parser.add_argument(f"--{split}", type=int, default=defaults.scenes[split], help=f"{split} scenes")
+    args = parser.parse_args(argv)
+    config = SyntheticConfig(seed=args.seed, image_size=args.image_size,
+                             scenes={s: getattr(args, s) for s in SPLITS})
+    write_benchmark(args.out, config)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
