@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             current = registry.current()
             for v in registry.versions():
                 mark = "*" if v.id == current else " "
-                summary = {k: v.metadata.get(k) for k in ("created_at", "parent", "preset", "metrics")}
+                keys = ("created_at", "parent", "preset", "metrics", "trained_on", "promotion")
+                summary = {k: v.metadata.get(k) for k in keys if k in v.metadata}
                 print(f"{mark} {v.id}  {json.dumps(summary, sort_keys=True)}")
         elif args.command == "current":
             print(registry.current() or "")

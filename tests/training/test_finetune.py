@@ -3,6 +3,8 @@ candidate trained on shuffled texts when hand-corrected masks exist (file regist
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from PIL import Image
 from sag import SaG, tiny_config
 from training.datasets.base import load_image
 from training.finetune import (FinetuneConfig, FinetuneError, finetune, project_data, promotion_decision)
-from training.registry import Registry
+from training.registry import Registry, main
 
 
 def _rle(mask: np.ndarray) -> list[int]:
@@ -113,6 +115,20 @@ def test_finetune_without_masks_promotes_and_records_lineage(scenes, registry, t
     assert not (tmp_path / "run").exists()  # the run's own checkpoints are gone once the version is stored
     assert {p.name: p.read_bytes() for p in registry.get(parent).path.iterdir() if p.is_file()} == serving_files
     assert [v.id for v in registry.versions()] == sorted([parent, result.version])
+
+
+def test_sag_models_lists_lineage_and_rolls_back(scenes, registry, tmp_path, capsys):
+    parent = registry.current()
+    tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
+    new = finetune(registry, project_data(tasks, "image", ("text",), load_image), FAST, tmp_path / "run").version
+    cli = ["--model-dir", str(registry.root), "--redis-url", ""]
+    assert main([*cli, "list"]) == 0
+    lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines[new].startswith("* ") and lines[parent].startswith("  ")
+    listed = json.loads(lines[new].split(None, 2)[2])
+    assert listed["parent"] == parent and listed["trained_on"]["pairs"] == 6
+    assert main([*cli, "rollback", parent]) == 0 and registry.current() == parent
+    assert main([*cli, "rollback"]) == 0 and registry.current() == new  # back to the one promoted before
 
 
 def test_candidate_trained_on_shuffled_texts_is_not_promoted(scenes, registry, tmp_path):
