@@ -28,7 +28,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, fraction: bool = False) -> float:
+    """A positive number; with ``fraction``, a number from 0 to 1."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -36,26 +37,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
+    if fraction and not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} must be between 0 and 1, got {value}")
+    if not fraction and value <= 0:
         raise SettingsError(f"{name} must be positive, got {value}")
     return value
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
-
-
-def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise SettingsError(f"{name} must be between 0 and 1, got {value}")
-    return value
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -180,7 +170,7 @@ class Settings:
             finetune_steps=_int(env, "SAG_FINETUNE_STEPS", cls.finetune_steps, 1),
             finetune_batch_size=_int(env, "SAG_FINETUNE_BATCH_SIZE", cls.finetune_batch_size, 2),
             finetune_lr=_float(env, "SAG_FINETUNE_LR", cls.finetune_lr),
-            promote_tolerance=_fraction(env, "SAG_PROMOTE_TOLERANCE", cls.promote_tolerance),
+            promote_tolerance=_float(env, "SAG_PROMOTE_TOLERANCE", cls.promote_tolerance, fraction=True),
             training_timeout=_int(env, "SAG_TRAINING_TIMEOUT", cls.training_timeout, 60),
             train_every_annotations=_int(env, "SAG_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_annotations, 0),
             train_interval=_int(env, "SAG_TRAIN_INTERVAL", cls.train_interval, 0),

@@ -14,7 +14,6 @@ result only if it is not worse on the hand-corrected masks (:func:`training.fine
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -257,7 +256,6 @@ class EmbeddedTrainingQueue:
         self.gate = threading.Semaphore(1)  # one training at a time: it uses the whole device
         self.jobs: dict[str, dict[str, Any]] = {}
         self.by_project: dict[int, str] = {}
-        self.seq = itertools.count()
 
     def submit(self, project_id: int, reason: str) -> dict[str, Any]:
         with self.lock:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from sag import SaG
 
-from .datasets.base import DatasetError, ImageLoader, ReferringDataset
+from .datasets.base import ImageLoader, ReferringDataset
 from .datasets.label_studio import label_studio_expressions
 from .registry import Registry
 
@@ -111,15 +111,21 @@ def project_data(tasks: Sequence[dict[str, Any]], image_field: str, text_fields:
     """Image-text pairs and validation masks from Label Studio tasks (as exported, with their annotations).
 
     Texts come from the task data fields and TextArea results named in ``text_fields``. A task that cannot be used
-    (no image, a malformed brush result) is skipped and named in ``skipped`` rather than failing the whole project.
-    Predictions are never read: only annotations (what people submitted) give validation masks.
+    (no image, an image that cannot be read, a malformed brush result) is skipped and named in ``skipped`` rather
+    than failing the whole project. Predictions are never read: only annotations (what people submitted) give
+    validation masks. Every image is read once here, so a broken one cannot stop training half-way.
     """
     expressions, skipped = [], []
     for task in tasks:
+        task_id = task.get("id") if isinstance(task, dict) else "?"
         try:
-            expressions += label_studio_expressions([task], image_field, text_fields)
-        except DatasetError as exc:
-            skipped.append(f"task {task.get('id') if isinstance(task, dict) else '?'}: {exc}")
+            found = label_studio_expressions([task], image_field, text_fields)
+            for image in {e.image for e in found}:
+                image_loader(image)
+        except Exception as exc:  # any loader's error (missing file, HTTP, refused address) skips just this task
+            skipped.append(f"task {task_id}: {exc}")
+            continue
+        expressions += found
     for reason in skipped:
         log.warning("fine-tune: skipping %s", reason)
     unique = {}
@@ -185,7 +191,8 @@ def _prepare_workdir(workdir: Path, fingerprint: str) -> None:
 
 
 def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, workdir: str | Path,
-             device: str = "cpu", metadata: dict[str, Any] | None = None, report: Report | None = None) -> FinetuneResult:
+             device: str = "cpu", metadata: dict[str, Any] | None = None,
+             report: Report | None = None) -> FinetuneResult:
     """Fine-tune the serving version on ``data``, store the candidate, promote it if :func:`promotion_decision` allows.
 
     Args:
@@ -205,8 +212,10 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
                             "creates the initial version) or promote one with `sag-models promote VERSION`")
     pairs = len(data.pairs)
     if pairs < config.min_pairs:
-        raise FinetuneError(f"the project has {pairs} image-text pair(s); fine-tuning needs at least "
-                            f"{config.min_pairs}: add tasks with a text field or type prompts in the TextArea")
+        skipped = f"; {len(data.skipped)} task(s) were skipped, e.g. {data.skipped[0]}" if data.skipped else ""
+        raise FinetuneError(f"the project has {pairs} usable image-text pair(s); fine-tuning needs at least "
+                            f"{config.min_pairs}: add tasks with a text field or type prompts in the TextArea"
+                            f"{skipped}")
     workdir = Path(workdir)
     log.info("fine-tune: %d pairs from %d images, %d validation mask(s), from version %s", pairs, data.images,
              data.validation_size, parent)

@@ -316,3 +316,16 @@ def test_embedded_mode_trains_in_the_backend_and_refreshes_untouched_prelabels(m
     assert {p["model_version"] for p in stored} == {new}
     assert start_training(client)["status"] == "queued"  # the finished job no longer holds the project
     wait_job(client, client.get(f"/training/{PROJECT}").get_json()["job_id"])
+
+
+def test_training_settings_name_the_variable_that_is_wrong():
+    from backend.settings import SettingsError
+
+    s = Settings.from_env({"SAG_FINETUNE_STEPS": "50", "SAG_PROMOTE_TOLERANCE": "0", "SAG_TRAIN_INTERVAL": "600",
+                           "SAG_TRAIN_EVERY_N_ANNOTATIONS": "10", "SAG_REFRESH_PRELABELS": "yes"})
+    assert (s.finetune_steps, s.promote_tolerance, s.train_interval, s.train_every_annotations,
+            s.refresh_prelabels) == (50, 0.0, 600, 10, True)
+    for name, value in (("SAG_PROMOTE_TOLERANCE", "1.5"), ("SAG_FINETUNE_BATCH_SIZE", "1"),
+                        ("SAG_FINETUNE_LR", "0"), ("SAG_REFRESH_PRELABELS", "maybe"), ("SAG_FINETUNE_STEPS", "x")):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})

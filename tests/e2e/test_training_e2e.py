@@ -18,8 +18,8 @@ def test_start_training_from_label_studio_serves_a_new_version(label_studio, sta
 
     ls = LS(label_studio)
     photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee()}
-    helper = ls.call("POST", "/api/projects", json={"title": "training uploads",
-                                                    "label_config": '<View><Image name="image" value="$image"/></View>'})
+    uploads_config = '<View><Image name="image" value="$image"/></View>'
+    helper = ls.call("POST", "/api/projects", json={"title": "training uploads", "label_config": uploads_config})
     urls = {name: upload(ls, helper["id"], name, image) for name, image in photos.items()}
     backend = start_backend(SAG_FINETUNE_STEPS="4", SAG_FINETUNE_BATCH_SIZE="4", SAG_REFRESH_PRELABELS="true")
 

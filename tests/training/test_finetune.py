@@ -88,6 +88,7 @@ def test_project_data_pairs_never_carry_masks(scenes):
         {"id": 3, "data": {"image": img2}, "annotations": [prompt_annotation("a typed prompt")]},
         {"id": 4, "data": {"image": img2}, "annotations": [prompt_annotation("cancelled", was_cancelled=True)]},
         {"id": 5, "data": {"text": "no image here"}},
+        {"id": 6, "data": {"image": img0 + ".missing.png", "text": "an image that is gone"}},
     ]
     data = project_data(tasks, "image", ("text", "prompt"), load_image)
     assert sorted(data.pairs.texts) == sorted([text0, text1, "the square", "a typed prompt"])
@@ -95,7 +96,8 @@ def test_project_data_pairs_never_carry_masks(scenes):
     assert all(e.mask is None for e in data.pairs.expressions)
     assert all(data.pairs[i].mask is None for i in range(len(data.pairs)))
     assert data.validation_size == 1 and data.validation[0].mask.sum() == mask.sum()
-    assert data.images == 3 and len(data.skipped) == 1 and "task 5" in data.skipped[0]
+    assert data.images == 3 and [reason.split(":")[0] for reason in data.skipped] == ["task 5", "task 6"]
+    assert "image not found" in data.skipped[1]
 
 
 def test_finetune_without_masks_promotes_and_records_lineage(scenes, registry, tmp_path):
