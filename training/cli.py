@@ -119,6 +119,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         model = build_model(preset).to(device)
     train_data = _open(args, args.split, False, settings)
     val_data = _open(args, args.val_split, True, settings) if args.val_split else None
+    if val_data is not None and len(val_data) == 0:
+        print(f"no expressions with masks in split {args.val_split!r}: training without validation", file=sys.stderr)
+        val_data = None
     output = Path(args.output) if args.output else settings.runs_dir / preset.name
     metadata = {"trained_on": {"format": args.format, "data": str(args.data or settings.data_root),
                                "split": args.split, "pairs": len(train_data)},

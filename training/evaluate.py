@@ -97,11 +97,9 @@ def evaluate(model: SaG, data: Dataset, schemes: Sequence[str] = ("ours",), batc
                 segs = model.segment(image, text, sizes, scheme=scheme, threshold=threshold)
                 per_scheme[scheme] = segs
                 for k, (s, seg) in enumerate(zip(samples, segs)):
-                    value = metrics[scheme].update(seg.mask, s.mask)
+                    metrics[scheme].update(seg.mask, s.mask)
                     if scheme == "ours" and group_of is not None:
-                        group_metrics.setdefault(group_of(index + k), SegmentationMetrics())
-                        group_metrics[group_of(index + k)].update(seg.mask, s.mask)
-                        del value
+                        group_metrics.setdefault(group_of(index + k), SegmentationMetrics()).update(seg.mask, s.mask)
             for name in baselines:
                 for s in samples:
                     base_metrics[name].update(baseline_mask(name, s.mask.shape), s.mask)

@@ -178,9 +178,6 @@ class Trainer:
     def __init__(self, model: SaG, train_data: Dataset, config: TrainConfig, output_dir: str | Path,
                  val_data: Dataset | None = None, progress: ProgressCallback | None = None,
                  metadata: dict | None = None, show_progress: bool = True):
-        if len(train_data) < config.batch_size:
-            raise ValueError(f"need at least one full batch: {len(train_data)} pairs < batch_size "
-                             f"{config.batch_size}")
         self.model = model
         self.train_data = train_data
         self.config = config
@@ -202,6 +199,10 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        needed = config.batch_size * self.world * config.grad_accum
+        if len(train_data) < needed:
+            raise ValueError(f"need at least one full batch: {len(train_data)} pairs < batch_size x processes x "
+                             f"grad_accum = {needed}")
         self.batches_per_epoch = len(train_data) // (config.batch_size * self.world)
         self.steps_per_epoch = max(1, self.batches_per_epoch // config.grad_accum)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch

@@ -116,6 +116,8 @@ def test_real_validation_is_logged(pairs, val, tmp_path):
 def test_bad_setups_are_rejected(pairs, tmp_path):
     with pytest.raises(ValueError, match="at least one full batch"):
         Trainer(_model(), pairs.subset(range(3)), _config(), tmp_path)
+    with pytest.raises(ValueError, match="grad_accum = 12"):
+        Trainer(_model(), pairs.subset(range(10)), _config(grad_accum=2), tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="precision"):
