@@ -1,14 +1,14 @@
 """The synthetic CPU benchmark: train SaG from scratch on synthetic image-text pairs, then measure its masks.
 
-    python bench/synthetic_benchmark.py --slot-type entity    # ours; then --slot-type random / query (may run
-    python bench/synthetic_benchmark.py --summarize           # side by side), then the combined JSON and tables
+    python bench/synthetic_benchmark.py --slot-type entity    # ours; then --slot-type random / query
+    python bench/synthetic_benchmark.py --summarize           # the combined JSON and the tables
 
 For each slot type (equal K) it trains the ``cpu-synthetic`` preset on the train split (texts only; validation on the
 val split picks the best checkpoint), then evaluates the best checkpoint on the held-out test split and on the
 compositional split with our inference, the MAX / AVG / MIN schemes and two text-blind baselines (whole image, centred
 blob). Each slot type writes ``bench/results/synthetic-<slot type>.json``; ``--summarize`` combines them into
-``bench/results/synthetic.json`` and prints the Markdown tables of bench/README.md. The test and compositional splits are
-never looked at during training or model selection.
+``bench/results/synthetic.json`` and prints the Markdown tables of bench/README.md. The test and compositional
+splits are never looked at during training or model selection.
 """
 
 from __future__ import annotations

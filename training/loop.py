@@ -235,7 +235,7 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train to ``total_steps`` (resuming first when ``config.resume``), validate, checkpoint; returns the result."""
+        """Train to ``total_steps`` (resuming first when ``config.resume``), validating and checkpointing."""
         from tqdm import tqdm
 
         cfg = self.config
@@ -274,7 +274,8 @@ class Trainer:
                     self.progress(self.step, self.total_steps, loss)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self._log({"step": self.step, "epoch": self.epoch, "loss": loss, "c3": float(out.c3.detach()),
-                               "recon": float(out.recon.detach()), "lr": lr, "elapsed_s": round(time.time() - started, 2)})
+                               "recon": float(out.recon.detach()), "lr": lr,
+                               "elapsed_s": round(time.time() - started, 2)})
                 epoch_end = self.batch_in_epoch + cfg.grad_accum > self.batches_per_epoch
                 if epoch_end:
                     self.epoch += 1

@@ -53,7 +53,7 @@ def _cpu_synthetic() -> Preset:
                           eval_limit=200, log_every=25, freeze_image_backbone=True),
         pretrained=False,
         text_init_gain=1.0,
-        description="tiny ViT (patch 8, fixed random) @ 96 + tiny BERT, K = 4 x 2 = 8, T = 3, batch 64, 600 steps (CPU)",
+        description="tiny ViT (patch 8, fixed random) @ 96 + tiny BERT, K = 4 x 2 = 8, T = 3, batch 64, 600 steps",
     )
 
 

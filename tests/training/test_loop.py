@@ -45,7 +45,7 @@ def test_parameter_groups_cover_every_parameter_once():
     groups = parameter_groups(model, _config())
     seen = [id(p) for g in groups for p in g["params"]]
     assert len(seen) == len(set(seen)) == len(list(model.parameters()))
-    backbone = {id(p) for p in model.image_encoder.parameters()} | {id(p) for p in model.text_encoder.backbone.parameters()}
+    backbone = {id(p) for m in (model.image_encoder, model.text_encoder.backbone) for p in m.parameters()}
     by_name = {g["name"]: g for g in groups}
     assert {id(p) for p in by_name["backbones"]["params"]} == backbone
     assert by_name["backbones"]["lr"] == pytest.approx(0.5e-3) and by_name["heads"]["lr"] == pytest.approx(1e-3)
