@@ -136,3 +136,12 @@ def test_frozen_image_backbone_keeps_its_weights(pairs, tmp_path):
     Trainer(model, pairs, _config(max_steps=2, freeze_image_backbone=True), tmp_path, show_progress=False).fit()
     assert all(torch.equal(before[k], v) for k, v in model.image_encoder.state_dict().items())
     assert not torch.equal(heads_before, model.fusion.to_q.weight)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(pairs, tmp_path, precision):
+    model = _model().to("cuda")
+    result = Trainer(model, pairs, _config(max_steps=2, precision=precision), tmp_path, show_progress=False).fit()
+    assert result.steps == 2 and all(math.isfinite(r["loss"]) for r in result.history)
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "weights stay fp32 under autocast"
