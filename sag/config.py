@@ -49,6 +49,12 @@ class SaGConfig:
     share_weights: bool = True
     # Seed of the fixed slot noise used in eval mode, so one question always gets one answer.
     eval_noise_seed: int = 0
+    # 2-D sine position encoding added to the projected features before entity discovery: its wavelength base
+    # (DETR / the authors' code: 10000) and a multiplier. With base 10000 most channels are near-constant over a
+    # small grid (12 x 12, D = 64: only ~8 of 32 channels per axis vary), so position is a weak cue for the slots;
+    # a small base spreads the channels over wavelengths of 1 to a few image widths.
+    position_temperature: float = 10000.0
+    position_scale: float = 1.0
 
     # Losses.
     c3_temperature: float = 1.0
@@ -70,6 +76,8 @@ class SaGConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.embed_dim % 4:
             raise ValueError(f"embed_dim must be divisible by 4 (2-D sine position encoding), got {self.embed_dim}")
+        if self.position_temperature <= 1.0:
+            raise ValueError(f"position_temperature must be > 1, got {self.position_temperature}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
 

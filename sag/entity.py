@@ -137,6 +137,8 @@ class EntityDiscovery(nn.Module):
         super().__init__()
         dim = config.embed_dim
         self.iterations = config.iterations
+        self.position_temperature = config.position_temperature
+        self.position_scale = config.position_scale
         self.input_proj = nn.Linear(in_dim, dim)
         self.slots = EntitySlots(config)
         blocks = 1 if config.share_weights else config.iterations
@@ -150,7 +152,8 @@ class EntityDiscovery(nn.Module):
         if grid[0] * grid[1] != num_patches:
             raise ValueError(f"grid {grid} does not match {num_patches} patches")
         x = self.input_proj(features)
-        x = x + sine_position_encoding_2d(*grid, x.shape[-1], device=x.device, dtype=x.dtype)
+        pos = sine_position_encoding_2d(*grid, x.shape[-1], self.position_temperature, device=x.device, dtype=x.dtype)
+        x = x + self.position_scale * pos
         slots = self.slots(batch)
         kv = self.aggregate[0].project_inputs(x) if len(self.aggregate) == 1 else None
         attn = None

@@ -31,3 +31,21 @@ def test_slots_compete_for_patches_not_patches_for_slots():
     per_slot = attn.sum(dim=0)
     assert not torch.allclose(per_slot, torch.ones_like(per_slot))
     assert torch.isclose(per_slot.sum(), torch.tensor(float(attn.shape[0])), atol=1e-3)
+
+
+def test_position_encoding_knobs():
+    # Defaults keep the DETR encoding (base 10000, scale 1); a small base makes more channels vary over the grid,
+    # and the knobs change the slots' input (so the entities) without changing any parameter shapes.
+    from sag.position import sine_position_encoding_2d
+
+    varied = [sine_position_encoding_2d(8, 8, 64, t).var(dim=0).sum() for t in (10000.0, 8.0)]
+    assert varied[1] > 2 * varied[0]
+    torch.manual_seed(2)
+    base = SaG(tiny_config()).eval()
+    assert (base.config.position_temperature, base.config.position_scale) == (10000.0, 1.0)
+    other = SaG(tiny_config(position_temperature=8.0, position_scale=2.0)).eval()
+    other.load_state_dict(base.state_dict())
+    pixels = torch.randn(2, 3, 64, 64)
+    assert not torch.allclose(base.encode_image(pixels).entities, other.encode_image(pixels).entities)
+    with pytest.raises(ValueError):
+        tiny_config(position_temperature=1.0)
