@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from label_studio_converter import brush
 
+from training.datasets.label_studio import decode_brush_rle
+
 
 def _region_id() -> str:
     return uuid.uuid4().hex[:10]
@@ -28,7 +30,7 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
 
 def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
     """Decode a brush RLE to a boolean (H, W) mask (the alpha channel, as Label Studio shows it)."""
-    return brush.decode_rle(rle).reshape(height, width, 4)[:, :, 3] > 127
+    return decode_brush_rle(rle, height, width)
 
 
 def brush_region(mask: np.ndarray, label: str, from_name: str, to_name: str, score: float) -> dict[str, Any]:

@@ -29,17 +29,25 @@ class BrushMask:
     width: int
 
     def decode(self, size: tuple[int, int]) -> np.ndarray:
-        try:
-            from label_studio_converter.brush import decode_rle
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("decoding Label Studio brush masks needs: pip install label-studio-converter") from exc
         out = np.zeros((self.height, self.width), dtype=bool)
         for rle in self.rles:
-            flat = decode_rle(list(rle))
-            if flat.size != self.height * self.width * 4:
-                raise DatasetError(f"brush RLE decodes to {flat.size} values, expected {self.height}x{self.width}x4")
-            out |= flat.reshape(self.height, self.width, 4)[:, :, 3] > 127  # the alpha channel is the mask
+            out |= decode_brush_rle(rle, self.height, self.width)
         return out
+
+
+def decode_brush_rle(rle: Sequence[int], height: int, width: int) -> np.ndarray:
+    """One Label Studio brush RLE -> boolean (H, W) mask: the alpha channel, as Label Studio shows it.
+
+    Decoded with label-studio-converter's ``decode_rle``; the backend's round-trip checks use this function too.
+    """
+    try:
+        from label_studio_converter.brush import decode_rle
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("decoding Label Studio brush masks needs: pip install label-studio-converter") from exc
+    flat = decode_rle(list(rle))
+    if flat.size != height * width * 4:
+        raise DatasetError(f"brush RLE decodes to {flat.size} values, expected {height}x{width}x4")
+    return flat.reshape(height, width, 4)[:, :, 3] > 127
 
 
 def _resolve_image(value: str, image_root: Path | None) -> str:
