@@ -182,3 +182,15 @@ def test_open_dataset_accepts_the_refer_directory_itself(synthetic_root):
     assert a.texts == b.texts and len(a) > 0
     with pytest.raises(DatasetError, match="unknown data set format"):
         open_dataset("coco", synthetic_root, "val", True)
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    # A 40x20 (W x H) photo tagged "rotate 90 CW" is shown, and masked in Label Studio, as 20x40.
+    from PIL import Image
+
+    from training.datasets.base import load_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(str(tmp_path / "rotated.jpg")).size == (20, 40)

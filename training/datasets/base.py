@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 ImageLoader = Callable[[str], Image.Image]
@@ -117,6 +117,11 @@ class Sample:
     ref_id: str
 
 
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """RGB in the orientation its EXIF tag asks for: the orientation Label Studio (and the backend) show and mask."""
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
 def load_image(source: str) -> Image.Image:
     """An RGB image from a local path, a ``file://`` URL or an ``http(s)://`` URL (plain GET, no credentials).
 
@@ -126,10 +131,10 @@ def load_image(source: str) -> Image.Image:
     try:
         if parsed.scheme in ("http", "https"):
             with urllib.request.urlopen(source, timeout=30) as response:  # noqa: S310 - scheme checked above
-                return Image.open(io.BytesIO(response.read())).convert("RGB")
+                return _upright_rgb(Image.open(io.BytesIO(response.read())))
         path = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else source)
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return _upright_rgb(im)
     except FileNotFoundError:
         raise DatasetError(f"image not found: {source}") from None
     except OSError as exc:
