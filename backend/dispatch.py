@@ -17,6 +17,7 @@ from typing import Any, Protocol, Sequence
 from redis import Redis
 from rq import Callback, Queue, Retry, Worker
 from rq.job import Job, JobStatus
+from rq.results import Result
 
 from .jobs import PredictJob, on_predict_job_failure, run_predict_job
 from .settings import INFERENCE_QUEUE, Settings
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Answers = list[dict[str, Any]]
 DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+RESULT_POLL_S = 1.0  # longest single block on a job's result stream
 
 
 class Outcome:
@@ -69,29 +71,39 @@ class RQDispatcher:
 
     def wait(self, handles: Sequence[Job], timeout: float) -> list[Outcome]:
         deadline = time.monotonic() + timeout
-        pending = {job.id: job for job in handles}
-        outcomes: dict[str, Outcome] = {}
-        delay = 0.02
-        while pending:
-            for job_id, job in list(pending.items()):
+        return [self._wait_one(job, deadline, timeout) for job in handles]
+
+    def _wait_one(self, job: Job, deadline: float, timeout: float) -> Outcome:
+        """Block on the job's RQ result stream (``XREAD``) rather than polling its status: an interactive answer
+        comes back as soon as the worker stores it. A ``RETRIED`` entry (a worker died and the job was requeued)
+        means keep reading after it."""
+        key = Result.get_key(job.id)
+        last_id = "0-0"
+        while (left := deadline - time.monotonic()) > 0:
+            # Short blocks, so a job that ends without a result entry (cancelled, deleted) is noticed too.
+            response = self.redis.xread({key: last_id}, block=max(1, int(1000 * min(left, RESULT_POLL_S))))
+            for _, entries in response or ():
+                for result_id, payload in entries:
+                    last_id = result_id
+                    result = Result.restore(job.id, result_id.decode(), payload, connection=self.redis,
+                                            serializer=job.serializer)
+                    if result.type == Result.Type.SUCCESSFUL:
+                        return Outcome(answers=result.return_value)
+                    if result.type != Result.Type.RETRIED:  # failed for good, or stopped
+                        ended = "was stopped" if result.type == Result.Type.STOPPED else "failed"
+                        return Outcome(error=f"the prediction job {ended}: {_last_line(result.exc_string)}")
+            if not response:
                 status = job.get_status(refresh=True)
-                if status == JobStatus.FINISHED:
-                    outcomes[job_id] = Outcome(answers=job.return_value(refresh=True))
-                elif status in DONE:
-                    outcomes[job_id] = Outcome(error=f"the prediction job {status.value}: {_last_line(job)}")
-                else:
-                    continue
-                del pending[job_id]
-            if not pending or time.monotonic() >= deadline:
-                break
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
-        for job_id, job in pending.items():
-            if job.get_status(refresh=True) == JobStatus.QUEUED:
-                job.cancel()  # nobody is waiting for it any more
-            outcomes[job_id] = Outcome(error=f"no result within {timeout:.0f} s (SAG_PREDICT_TIMEOUT): workers "
-                                             "are busy or down; ask again later")
-        return [outcomes[job.id] for job in handles]
+                if status == JobStatus.FINISHED:  # finished, but its result entry already expired
+                    return Outcome(answers=job.return_value(refresh=True))
+                if status in DONE:
+                    latest = job.latest_result()
+                    return Outcome(error=f"the prediction job {status.value}: "
+                                         f"{_last_line(latest.exc_string if latest else None)}")
+        if job.get_status(refresh=True) == JobStatus.QUEUED:
+            job.cancel()  # nobody is waiting for it any more
+        return Outcome(error=f"no result within {timeout:.0f} s (SAG_PREDICT_TIMEOUT): workers are busy or down; "
+                             "ask again later")
 
     def workers(self) -> int:
         return Worker.count(queue=self.queue)
@@ -101,10 +113,9 @@ class RQDispatcher:
                 "started": self.queue.started_job_registry.count, "failed": self.queue.failed_job_registry.count}
 
 
-def _last_line(job: Job) -> str:
-    result = job.latest_result()
-    text = (result.exc_string if result is not None and result.exc_string else "") or ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+def _last_line(text: str | None) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no details"
 
 

@@ -118,11 +118,44 @@ def test_a_sigkilled_workers_job_runs_again_on_another_worker(redis_url, registr
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
 
-    wait_for(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.FINISHED, 90,
-             "the abandoned job to be retried and finish")
+    # The waiting side blocks on the job's result stream across the retry and gets the second run's answers.
+    [outcome] = dispatcher.wait([job], timeout=90)
+    assert outcome.error is None, outcome.error
     done = Job.fetch(job.id, connection=conn)
+    assert done.get_status() == JobStatus.FINISHED
     assert done.worker_name != victim_name
-    answers = done.return_value()
-    assert [("result" in a, a.get("model_version")) for a in answers] == [(True, Registry(registry_dir).current())] * 2
+    assert outcome.answers == done.return_value()
+    assert [("result" in a, a.get("model_version")) for a in outcome.answers] == [
+        (True, Registry(registry_dir).current())] * 2
     assert done.retries_left == 1  # one retry was spent on the killed run
     assert Queue(INFERENCE_QUEUE, connection=conn).failed_job_registry.count == 0
+
+
+def test_a_job_that_fails_for_good_is_reported_at_once_with_its_reason(redis_url, registry_dir, start_workers):
+    start_workers(1, LABEL_STUDIO_URL="")  # no Label Studio: a write-back job raises on every attempt
+    settings = Settings.from_env({}, redis_url=redis_url, model_dir=str(registry_dir))
+    conn = redis.Redis.from_url(redis_url)
+    dispatcher = RQDispatcher(conn, settings)
+    bad = PredictJob((TaskInput(7, "data:,", ("x",), ("Cat",)),), OutputSpec("image", "mask"), project_id=3,
+                     write_back=True)
+    [job] = dispatcher.submit([bad], urgent=False)
+
+    started = time.monotonic()
+    [outcome] = dispatcher.wait([job], timeout=120)
+    assert outcome.answers is None
+    assert outcome.error.startswith("the prediction job failed: RuntimeError: bulk job cannot write back")
+    assert time.monotonic() - started < 60  # not the timeout: the failure result ends the wait
+    job.refresh()
+    assert job.get_status() == JobStatus.FAILED and job.retries_left == 0  # both retries were spent first
+
+
+def test_waiting_without_workers_times_out_and_cancels_the_queued_job(redis_url, registry_dir):
+    settings = Settings.from_env({}, redis_url=redis_url, model_dir=str(registry_dir))
+    dispatcher = RQDispatcher(redis.Redis.from_url(redis_url), settings)
+    task = TaskInput(1, "http://127.0.0.1:9/cat.png", ("the cat",), ("Cat",))
+    [job] = dispatcher.submit([PredictJob((task,), OutputSpec("image", "mask"))], urgent=True)
+
+    [outcome] = dispatcher.wait([job], timeout=0.5)
+    assert outcome.answers is None and outcome.error.startswith("no result within")
+    assert job.get_status(refresh=True) == JobStatus.CANCELED
+    assert Queue(INFERENCE_QUEUE, connection=dispatcher.redis).count == 0
