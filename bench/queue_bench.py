@@ -8,10 +8,12 @@ Both sides run the same checkpoint on the same machine with the same number of m
   concurrent ``/predict`` requests of at most 16 tasks (Label Studio's synchronous path), images fetched over HTTP
   from a local server, masks returned as brush RLE.
 
-Every task has its own image (no entity-cache hits), so the comparison is fair to the bare model. Then the latency of
-single interactive ``/predict`` calls: a new text on an image the worker has cached, and on a fresh image.
+Every task has its own image (no entity-cache hits), so the comparison is fair to the bare model. The two sides
+alternate for ``--repeats`` rounds, each round on new images, and the ratio is taken per round: on a small shared
+machine a single pair of runs can be off by 10 % either way. Then the latency of single interactive ``/predict``
+calls: a new text on an image the worker has cached, and on a fresh image.
 
-    python bench/queue_bench.py --tasks 200 --workers 1
+    python bench/queue_bench.py --tasks 200 --workers 1 --repeats 3
 """
 
 from __future__ import annotations
@@ -141,6 +143,34 @@ def post_predict(url: str, tasks: list[dict], context: dict | None = None) -> di
     return response.json()
 
 
+def wait_until_ready(url: str, redis_url: str, procs: list[subprocess.Popen], workers: int) -> None:
+    """Until /health answers and ``workers`` sag-workers registered with Redis; raises if a process died."""
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("the backend or a worker did not start")
+        time.sleep(0.2)
+    queue = Queue(INFERENCE_QUEUE, connection=redis.Redis.from_url(redis_url))
+    while Worker.count(queue=queue) < workers:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("sag-worker did not register with Redis")
+        time.sleep(0.2)
+
+
+def queue_throughput(url: str, base: str, ids: list[int], texts: list[str]) -> float:
+    """Tasks/s of /predict for the tasks ``ids``, sent as concurrent requests of 16 tasks (Label Studio's chunks)."""
+    chunks = [ids[lo:lo + 16] for lo in range(0, len(ids), 16)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        list(pool.map(lambda c: post_predict(url, [task(base, i, texts[i]) for i in c]), chunks))
+    return len(ids) / (time.perf_counter() - start)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -150,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of bare vs queue, each on new images")
     parser.add_argument("--preset", default="mobilenet-minilm", help="backend.presets name of the model to serve")
     parser.add_argument("--image-side", type=int, default=512)
     parser.add_argument("--interactive", type=int, default=30, help="single /predict calls per latency case")
@@ -166,25 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = build_initial_model(args.preset)
     version = registry.promote(registry.add(model, meta).id).id
     del model
-    n_interactive_fresh = args.interactive
-    images = distinct_images(args.tasks + 1 + n_interactive_fresh, args.image_side)
+    # Images: one block of --tasks per round, then the fresh interactive ones, then one for warming up.
+    images = distinct_images(args.repeats * args.tasks + args.interactive + 1, args.image_side)
     texts = [TEXTS[i % len(TEXTS)] for i in range(len(images))]
     base, server = serve_images(images)
     report = {"created_at": datetime.now(timezone.utc).isoformat(), "tasks": args.tasks, "workers": args.workers,
-              "batch_size": args.batch_size, "preset": args.preset, "image_side": args.image_side,
+              "batch_size": args.batch_size, "repeats": args.repeats, "preset": args.preset,
+              "image_side": args.image_side,
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "device": args.device}}
 
-    # ---- bare model ------------------------------------------------------------------------------------------
-    device = torch.device(args.device)
-    bare = SaG.from_pretrained(registry.get(version).path, device=device)
-    bare_throughput(bare, images[:args.batch_size], texts[:args.batch_size], args.batch_size, device)  # warm-up
-    report["bare_tasks_per_s"] = bare_throughput(bare, images[:args.tasks], texts[:args.tasks], args.batch_size,
-                                                 device)
-    print(f"bare model: {report['bare_tasks_per_s']:.2f} tasks/s", flush=True)
-    del bare
-
-    # ---- through the backend, Redis and workers ---------------------------------------------------------------
+    # ---- the backend, Redis and workers, started once ------------------------------------------------------------
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "SAG_MODEL_DIR": str(registry.root), "SAG_DEVICE": args.device,
            "SAG_ALLOWED_HOSTS": "127.0.0.1", "SAG_BATCH_SIZE": str(args.batch_size), "PORT": str(port),
@@ -194,42 +217,43 @@ def main(argv: list[str] | None = None) -> int:
     procs.append(subprocess.Popen([sys.executable, "-m", "backend.app"], env=env))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError("the backend or a worker did not start")
-            time.sleep(0.2)
-        queue = Queue(INFERENCE_QUEUE, connection=redis.Redis.from_url(redis_url))
-        while Worker.count(queue=queue) < args.workers:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError("sag-worker did not register with Redis")
-            time.sleep(0.2)
-        post_predict(url, [task(base, args.tasks, texts[args.tasks])])  # warm-up: every worker loads the model
-        for _ in range(args.workers - 1):
-            post_predict(url, [task(base, args.tasks, "warm-up")])
-        chunks = [list(range(lo, min(lo + 16, args.tasks))) for lo in range(0, args.tasks, 16)]
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-            list(pool.map(lambda c: post_predict(url, [task(base, i, texts[i]) for i in c]), chunks))
-        report["queue_tasks_per_s"] = args.tasks / (time.perf_counter() - start)
-        report["queue_over_bare"] = report["queue_tasks_per_s"] / report["bare_tasks_per_s"]
-        print(f"through backend + Redis + {args.workers} worker(s): {report['queue_tasks_per_s']:.2f} tasks/s "
-              f"({100 * report['queue_over_bare']:.0f}% of bare)", flush=True)
+        wait_until_ready(url, redis_url, procs, args.workers)
+        warm = len(images) - 1  # an image used by no round: every worker loads the model on it
+        for _ in range(args.workers):
+            post_predict(url, [task(base, warm, "warm-up")])
+
+        device = torch.device(args.device)
+        bare = SaG.from_pretrained(registry.get(version).path, device=device)
+        bare_throughput(bare, images[warm:], texts[warm:], args.batch_size, device)  # warm-up
+        rounds = []
+        for r in range(args.repeats):
+            ids = list(range(r * args.tasks, (r + 1) * args.tasks))
+            bare_rate = bare_throughput(bare, [images[i] for i in ids], [texts[i] for i in ids], args.batch_size,
+                                        device)
+            queue_rate = queue_throughput(url, base, ids, texts)
+            rounds.append({"bare_tasks_per_s": bare_rate, "queue_tasks_per_s": queue_rate,
+                           "queue_over_bare": queue_rate / bare_rate})
+            print(f"round {r + 1}/{args.repeats}: bare {bare_rate:.2f} tasks/s, through backend + Redis + "
+                  f"{args.workers} worker(s) {queue_rate:.2f} tasks/s ({100 * queue_rate / bare_rate:.0f}%)",
+                  flush=True)
+        del bare
+        report["rounds"] = rounds
+        for key in ("bare_tasks_per_s", "queue_tasks_per_s", "queue_over_bare"):
+            report[key] = statistics.median(r[key] for r in rounds)
+        report["queue_over_bare_range"] = [min(r["queue_over_bare"] for r in rounds),
+                                           max(r["queue_over_bare"] for r in rounds)]
 
         latencies = {"cached_image_new_text": [], "fresh_image": []}
         cached = task(base, 0, texts[0])
+        first_fresh = args.repeats * args.tasks
+        post_predict(url, [cached])  # the rounds' images may have left the entity cache since
         for i in range(args.interactive):
             context = {"result": [{"from_name": "prompt", "to_name": "image", "type": "textarea",
                                    "value": {"text": [f"{TEXTS[i % len(TEXTS)]} number {i}"]}}]}
             t0 = time.perf_counter()
             post_predict(url, [cached], context=context)
             latencies["cached_image_new_text"].append(time.perf_counter() - t0)
-            fresh = task(base, args.tasks + 1 + i, texts[i])
+            fresh = task(base, first_fresh + i, texts[i])
             t0 = time.perf_counter()
             post_predict(url, [fresh])
             latencies["fresh_image"].append(time.perf_counter() - t0)
@@ -254,9 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, out)
-    print(f"\n| path | tasks/s |\n|---|---:|\n| bare model (batch {args.batch_size}) | {report['bare_tasks_per_s']:.2f} |"
-          f"\n| backend + Redis + {args.workers} sag-worker | {report['queue_tasks_per_s']:.2f} "
-          f"({100 * report['queue_over_bare']:.0f}%, goal >= 85%) |")
+    low, high = report["queue_over_bare_range"]
+    print(f"\n| path, median of {args.repeats} rounds | tasks/s |\n|---|---:|"
+          f"\n| bare model (batch {args.batch_size}) | {report['bare_tasks_per_s']:.2f} |"
+          f"\n| backend + Redis + {args.workers} sag-worker | {report['queue_tasks_per_s']:.2f} |"
+          f"\n| queue / bare, per round | {100 * report['queue_over_bare']:.0f}% (rounds {100 * low:.0f}-"
+          f"{100 * high:.0f}%; goal >= 85%) |")
     print("\n| interactive /predict | p50 ms | p95 ms |\n|---|---:|---:|")
     for case, v in report["interactive_ms"].items():
         print(f"| {case.replace('_', ' ')} | {v['p50']:.0f} | {v['p95']:.0f} |")
