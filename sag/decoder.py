@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class SpatialBroadcastDecoder(nn.Module):
@@ -33,8 +34,11 @@ class SpatialBroadcastDecoder(nn.Module):
         rows = self.row_embed(torch.arange(h, device=device))  # (h, D/2)
         cols = self.col_embed(torch.arange(w, device=device))  # (w, D/2)
         pos = torch.cat((cols.unsqueeze(0).expand(h, -1, -1), rows.unsqueeze(1).expand(-1, w, -1)), dim=-1)
-        x = entities.unsqueeze(2) + pos.reshape(1, 1, h * w, -1).to(entities.dtype)  # (B, K, N, D)
-        out = self.mlp(x)
+        # The first layer is linear in (entity + position), so apply it to each term and broadcast the sum:
+        # W(e + p) + b = (We + b) + Wp costs B*K + N rows instead of B*K*N (a quarter of the MLP at the paper size).
+        first = self.mlp[0]
+        x = first(entities).unsqueeze(2) + F.linear(pos.reshape(h * w, -1), first.weight)  # (B, K, N, hidden)
+        out = self.mlp[1:](x)
         alpha = out[..., -1].softmax(dim=1)  # (B, K, N): entities compete for each patch
         recon = torch.einsum("bkn,bknc->bnc", alpha, out[..., :-1])
         return recon, alpha.transpose(1, 2)
