@@ -1,8 +1,9 @@
 """Label Studio result regions from masks: brush (RLE) and, optionally, simplified polygons.
 
-The RLE codec is label-studio-converter's ``brush`` module (the same code the SDK ships); the SDK itself does not
-install beside our numpy. Label Studio decodes a brush RLE at the image's natural size and keeps the decoded alpha,
-so masks go out as uint8 0/255 at the full, EXIF-corrected resolution.
+The RLE decoder is label-studio-converter's ``brush`` module (the same code the SDK ships; the SDK itself does not
+install beside our numpy); the encoder is a numpy version of its ``mask2rle`` with identical output. Label Studio
+decodes a brush RLE at the image's natural size and keeps the decoded alpha, so masks go out as 0/255 at the full,
+EXIF-corrected resolution.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from label_studio_converter import brush
 
 from training.datasets.label_studio import decode_brush_rle
 
@@ -21,11 +21,54 @@ def _region_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
+# Label Studio's brush RLE is a bit stream: a header (32-bit value count, 5-bit word size - 1, four 4-bit run-size
+# widths - 1), then one record per run of equal values: a 1-bit series flag, a 2-bit index into the run-size widths
+# (3, 4, 8, 16), the run length - 1 in that many bits, and the 8-bit value; runs over 2^16 are split.
+_RLE_HEADER_BITS = 32 + 5 + 4 * 4
+_RLE_WORD = 7  # word size 8, stored minus 1
+_RLE_SIZES = 0b0010_0011_0111_1111  # run-size widths 3, 4, 8, 16, each stored minus 1
+
+
 def mask_to_rle(mask: np.ndarray) -> list[int]:
-    """A boolean or 0/1 (H, W) mask -> Label Studio brush RLE of the 0/255 mask."""
+    """A boolean or 0/1 (H, W) mask -> Label Studio brush RLE of the 0/255 mask, as RGBA values.
+
+    The output is identical, byte for byte, to label-studio-converter's ``brush.mask2rle`` (the reference in the
+    tests), which builds its bit stream as a Python string one run at a time: 3-8 ms for a 512 x 512 mask, about 5 %
+    of bulk pre-labelling time on CPU. This is the same encoding with the runs done in numpy (0.3 ms).
+    """
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    return brush.mask2rle(np.where(mask.astype(bool), 255, 0).astype(np.uint8))
+    flat = mask.astype(bool).ravel()
+    count = 4 * flat.size  # every pixel is repeated as R, G, B, A
+    starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
+    lengths = 4 * np.diff(np.append(starts, flat.size))  # runs of the RGBA stream
+    values = np.where(flat[starts], 255, 0)
+
+    # Runs longer than 2^16 become full 2^16 records followed by the remainder, as the reference does.
+    pieces = -(-lengths // 2**16)  # ceil
+    run = np.repeat(np.arange(len(lengths)), pieces)
+    length = np.full(len(run), 2**16, dtype=np.int64)
+    length[np.cumsum(pieces) - 1] = lengths - 2**16 * (pieces - 1)  # each run's last piece holds the remainder
+    value = values[run].astype(np.int64)
+    # (flag + size index, run-length width): single value, then series of <= 8, <= 16, <= 256 and longer. The class
+    # is the whole run's, so every piece of a split run is a 16-bit record, however short the remainder.
+    whole = lengths[run]
+    size = np.select([whole == 1, whole <= 8, whole <= 16, whole <= 256], [0, 1, 2, 3], default=4)
+    head = np.array([0b000, 0b100, 0b101, 0b110, 0b111])[size]
+    width = np.array([3, 3, 4, 8, 16])[size]
+    field = np.where(size == 0, 0, length - 1)
+    records = (((head << width) | field) << 8) | value
+    bits_per_record = 3 + width + 8
+
+    header = (((count << 5) | _RLE_WORD) << 16) | _RLE_SIZES
+    total = _RLE_HEADER_BITS + int(bits_per_record.sum())
+    padding = 8 - total % 8  # a whole zero byte when already aligned, as the reference does
+    record_index = np.repeat(np.arange(len(records)), bits_per_record)
+    offset = np.arange(len(record_index)) - np.repeat(np.cumsum(bits_per_record) - bits_per_record, bits_per_record)
+    record_bits = (records[record_index] >> (bits_per_record[record_index] - 1 - offset)) & 1
+    header_bits = (header >> np.arange(_RLE_HEADER_BITS - 1, -1, -1, dtype=np.int64)) & 1
+    bits = np.concatenate([header_bits, record_bits, np.zeros(padding, dtype=np.int64)]).astype(np.uint8)
+    return np.packbits(bits).tolist()
 
 
 def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from backend.labeling_config import LabelConfigError, parse_labeling_config
-from backend.results import brush_region, mask_polygons, polygon_regions, rle_to_mask
+from backend.results import brush_region, mask_polygons, mask_to_rle, polygon_regions, rle_to_mask
 
 from .conftest import LABEL_CONFIG
 
@@ -29,6 +29,31 @@ def test_rle_alpha_is_255_so_label_studio_shows_the_region():
     mask[2:5, 2:5] = True
     alpha = brush.decode_rle(brush_region(mask, "A", "m", "i", 1.0)["value"]["rle"]).reshape(8, 8, 4)[:, :, 3]
     assert set(np.unique(alpha)) == {0, 255}
+
+
+def _runs_of_mean_length(rng: np.random.Generator, mean: float, width: int = 97) -> np.ndarray:
+    """A mask whose flattened runs have geometric lengths of the given mean, zero-padded to full rows."""
+    runs = rng.geometric(1 / mean, size=300)
+    flat = np.repeat(np.arange(len(runs)) % 2 == 0, runs)
+    padded = np.zeros(-(-flat.size // width) * width, bool)
+    padded[:flat.size] = flat
+    return padded.reshape(-1, width)
+
+
+def test_rle_encoder_matches_label_studio_converter_byte_for_byte():
+    from label_studio_converter import brush
+
+    rng = np.random.default_rng(1)
+    masks = [np.zeros((1, 1), bool), np.ones((1, 1), bool), np.zeros((512, 512), bool), np.ones((600, 500), bool)]
+    # Run lengths (x 4 for RGBA) in every record class: <= 8, <= 16, <= 256, <= 2^16, and split runs over 2^16
+    # whose remainders are short.
+    masks += [_runs_of_mean_length(rng, mean) for mean in (1, 3, 30, 2000, 40000)]
+    masks += [rng.random((h, h + 3)) > 0.3 for h in range(1, 9)]  # every alignment of the bit stream's length
+    for mask in masks:
+        expected = brush.mask2rle(np.where(mask, 255, 0).astype(np.uint8))
+        assert mask_to_rle(mask) == expected, mask.shape
+    with pytest.raises(ValueError, match="2-D"):
+        mask_to_rle(np.zeros((2, 2, 2), bool))
 
 
 def test_polygons_follow_each_part_of_the_mask():
