@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
         device = torch.device(args.device)
         bare = SaG.from_pretrained(registry.get(version).path, device=device)
-        bare_throughput(bare, images[warm:], texts[warm:], args.batch_size, device)  # warm-up
+        bare_throughput(bare, images[:args.batch_size], texts[:args.batch_size], args.batch_size, device)  # warm-up
         rounds = []
         for r in range(args.repeats):
             ids = list(range(r * args.tasks, (r + 1) * args.tasks))
