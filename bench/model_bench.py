@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -137,7 +138,8 @@ def forward_throughput(args, device, models) -> list[dict]:
             def run(fn=fn):
                 with torch.inference_mode(), ctx():
                     return fn()
-            seconds = timed(run, device, args.repeats)
+            # The very first calls also pick oneDNN / cuDNN kernels and fill allocator pools: warm up longer.
+            seconds = timed(run, device, args.repeats, warmup=3 if batch == args.batch_sizes[0] else 1)
             rows.append({"model": name, "batch": batch, "seconds": seconds, "pairs_per_s": batch / seconds})
             print(f"  {name:38s} batch {batch:3d}: {batch / seconds:9.2f} pairs/s", flush=True)
     return rows
@@ -282,6 +284,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -289,6 +292,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.plot(*zip(*pts), marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # 1, 4, 16 rather than 2^0, 2^2, 2^4
+        axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_xticks(sorted({r["batch"] for r in rows}))
     ax.set_xlabel("batch size (image-expression pairs)")
     ax.set_ylabel("pairs / s")
     ax.set_title(title, fontsize=9)
@@ -327,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     dtype = resolve_precision(args.precision, device)
     precision = str(dtype).replace("torch.", "") if dtype else "fp32"
-    tag = args.tag or (torch.cuda.get_device_name(device).split()[-1].lower() if gpu else "cpu")
+    # e.g. "nvidia-h100-80gb-hbm3": the GPU's whole name, so runs on different cards never overwrite each other
+    tag = args.tag or (re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+                       if gpu else "cpu")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"created_at": datetime.now(timezone.utc).isoformat(), "machine": machine(device),
