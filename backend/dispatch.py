@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 Answers = list[dict[str, Any]]
 DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
-RESULT_POLL_S = 1.0  # longest single block on a job's result stream
+RESULT_BLOCK_S = 1.0  # longest single block on a job's result stream
 
 
 class Outcome:
@@ -81,7 +81,7 @@ class RQDispatcher:
         last_id = "0-0"
         while (left := deadline - time.monotonic()) > 0:
             # Short blocks, so a job that ends without a result entry (cancelled, deleted) is noticed too.
-            response = self.redis.xread({key: last_id}, block=max(1, int(1000 * min(left, RESULT_POLL_S))))
+            response = self.redis.xread({key: last_id}, block=max(1, int(1000 * min(left, RESULT_BLOCK_S))))
             for _, entries in response or ():
                 for result_id, payload in entries:
                     last_id = result_id
