@@ -17,7 +17,10 @@ from redis.exceptions import RedisError
 from waitress import serve
 from werkzeug.exceptions import HTTPException
 
+from . import redact
 from .dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
+from .http_input import (MAX_BODY_BYTES, MAX_JSON_DEPTH, BadRequest, json_too_deep, optional_string, parse_json_object,
+                         prompt_context)
 from .jobs import worker_stats
 from .labeling_config import LabelConfigError
 from .logs import configure_logging
@@ -34,20 +37,21 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
     runtime = set_runtime(Runtime(settings))
     if dispatcher is None:
         dispatcher = EmbeddedDispatcher() if settings.embedded else RQDispatcher(runtime.redis, settings)
+    redact.register(*settings.secrets())  # scrubbed from every answer (scrub_answer below) and job record
     app = Flask("sag-backend")
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 2**20
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # a longer body is answered 413 before it is read
     app.json.sort_keys = False
     started = time.time()
 
     def model_for(payload: dict[str, Any]) -> SaGModel:
-        return SaGModel(runtime, dispatcher, project_id_of(payload.get("project")),
-                        payload.get("label_config") or payload.get("schema"))
+        config = optional_string(payload, "label_config") or optional_string(payload, "schema")
+        return SaGModel(runtime, dispatcher, project_id_of(payload.get("project")), config)
 
     def body() -> dict[str, Any]:
-        payload = request.get_json(silent=True)
-        if not isinstance(payload, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return payload
+        """The request's JSON object (size and depth were checked by check_body before anything parsed it)."""
+        if not request.is_json:
+            raise BadRequest("the request body must be a JSON object sent as Content-Type: application/json")
+        return parse_json_object(request.get_data(cache=True))
 
     @app.before_request
     def check_basic_auth() -> Response | None:
@@ -63,6 +67,14 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Basic realm="sag-backend"'
         return response
+
+    @app.before_request
+    def check_body() -> None:
+        """Every route: a body over MAX_BODY_BYTES is refused (413) while it is read, and JSON nested deeper than
+        MAX_JSON_DEPTH (400) before any parser sees it, so no route (nor Flask's get_json) can hit RecursionError."""
+        raw = request.get_data(cache=True)
+        if raw and request.is_json and json_too_deep(raw):
+            raise BadRequest(f"the request body nests JSON arrays and objects more than {MAX_JSON_DEPTH} levels deep")
 
     @app.get("/")
     @app.get("/health")
@@ -90,9 +102,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
         tasks = payload.get("tasks")
         if not isinstance(tasks, list):
             raise BadRequest("the request needs a 'tasks' list")
-        params = payload.get("params") or {}
-        context = params.get("context") if isinstance(params, dict) else None
-        context = context if isinstance(context, dict) and context else None  # None: batch pre-annotation
+        context = prompt_context(payload)  # None: batch pre-annotation
         return jsonify(model_for(payload).predict(tasks, context=context)), 200
 
     @app.post("/webhook")
@@ -123,9 +133,33 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
 
     app.register_blueprint(training_blueprint(runtime, dispatcher))
 
+    @app.after_request
+    def scrub_answer(response: Response) -> Response:
+        """No answer carries a secret (API key, basic-auth password, Label Studio access token), whatever put it
+        there: a Label Studio error page echoing our request headers inside a job error, an exception message."""
+        if response.direct_passthrough or response.is_streamed:
+            return response
+        data = response.get_data()
+        if not redact.contains_secret(data):
+            return response
+        log.warning("a secret was scrubbed from the answer to %s %s", request.method, request.path)
+        if response.is_json:
+            response.set_data(app.json.dumps(redact.scrub_data(app.json.loads(data))))
+        else:
+            response.set_data(redact.scrub(data.decode("utf-8", "replace")))
+        return response
+
     @app.errorhandler(BadRequest)
     def bad_request(exc: "BadRequest") -> tuple[Response, int]:
         return jsonify(error=str(exc)), 400
+
+    @app.errorhandler(RedisError)
+    def redis_down(exc: RedisError) -> tuple[Response, int]:
+        # Any route that needs Redis (/predict, /setup, /metrics, /jobs, /webhook, /training): 503, not a 500 with a
+        # traceback; the connection pool reconnects on the next request once Redis is back.
+        log.warning("Redis is unreachable on %s %s: %s", request.method, request.path, type(exc).__name__)
+        return jsonify(status="DOWN", error=f"Redis is unreachable ({type(exc).__name__}): jobs cannot be queued "
+                                            "or tracked until it is back; retry later"), 503
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -137,10 +171,6 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
         return jsonify(status="error", error=f"{type(exc).__name__}: {exc}"), 500
 
     return app
-
-
-class BadRequest(ValueError):
-    """A malformed request; answered with 400 and this message."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("redis mode: jobs go to %s; %d worker(s) listening", settings.redis_url.split("@")[-1],
                  runtime.redis and RQDispatcher(runtime.redis, settings).workers())
     log.info("sag-backend serving version %s on http://%s:%d", version, settings.host, settings.port)
-    serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="sag-backend")
+    # waitress reads a whole body before the app sees it: bound it there too (its default is 1 GiB).
+    serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="sag-backend",
+          max_request_body_size=MAX_BODY_BYTES)
     return 0
 
 

@@ -21,7 +21,7 @@ def new_batch_id() -> str:
 
 class BatchStore(Protocol):
     def create(self, batch_id: str, total: int, project_id: int | None, jobs: int) -> None: ...
-    def record(self, batch_id: str, done: int, failed: int) -> dict[str, Any]: ...
+    def record(self, batch_id: str, done: int, failed: int, key: str | None = None) -> dict[str, Any]: ...
     def get(self, batch_id: str) -> dict[str, Any] | None: ...
     def claim(self, project_id: int, task_ids: Sequence[int], ttl: int) -> list[bool]: ...
     def release(self, project_id: int, task_ids: Sequence[int]) -> None: ...
@@ -33,11 +33,27 @@ def _status(info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+# Count a job's tasks once: a job that runs again (retried after its worker died or lost Redis) must not count twice.
+# Only an existing batch is counted, so a Redis that lost its data does not get a batch without a total.
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' then
+  if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 1 end
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('HINCRBY', KEYS[1], 'done', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
+return 1
+"""
+
+
 class RedisBatchStore:
-    """Batches as Redis hashes ``sag:batch:<id>``; claims as keys ``sag:pending:<project>:<task>``."""
+    """Batches as Redis hashes ``sag:batch:<id>`` (with the set ``sag:batch:<id>:counted`` of the jobs already
+    counted); claims as keys ``sag:pending:<project>:<task>``."""
 
     def __init__(self, redis: Redis):
         self.redis = redis
+        self._record = redis.register_script(_RECORD)
 
     def create(self, batch_id: str, total: int, project_id: int | None, jobs: int) -> None:
         key = f"sag:batch:{batch_id}"
@@ -48,12 +64,11 @@ class RedisBatchStore:
             pipe.expire(key, BATCH_TTL)
             pipe.execute()
 
-    def record(self, batch_id: str, done: int, failed: int) -> dict[str, Any]:
-        key = f"sag:batch:{batch_id}"
-        with self.redis.pipeline() as pipe:
-            pipe.hincrby(key, "done", done)
-            pipe.hincrby(key, "failed", failed)
-            pipe.execute()
+    def record(self, batch_id: str, done: int, failed: int, key: str | None = None) -> dict[str, Any]:
+        """Add a job's ``done`` and ``failed`` task counts to the batch, once per ``key`` (the job id) when given;
+        returns the batch's progress ({} for an unknown batch)."""
+        batch_key = f"sag:batch:{batch_id}"
+        self._record(keys=[batch_key, f"{batch_key}:counted"], args=[key or "", done, failed, BATCH_TTL])
         return self.get(batch_id) or {}
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
@@ -61,6 +76,8 @@ class RedisBatchStore:
         if not raw:
             return None
         data = {k.decode(): v.decode() for k, v in raw.items()}
+        if "total" not in data:  # not made by create() (e.g. counted into by an older worker after a data loss)
+            return None
         return _status({
             "id": batch_id, "total": int(data["total"]), "done": int(data["done"]), "failed": int(data["failed"]),
             "jobs": int(data["jobs"]), "project": int(data["project"]) if data["project"] else None,
@@ -84,6 +101,7 @@ class MemoryBatchStore:
     def __init__(self) -> None:
         self._batches: dict[str, dict[str, Any]] = {}
         self._claims: dict[tuple[int, int], float] = {}
+        self._counted: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def create(self, batch_id: str, total: int, project_id: int | None, jobs: int) -> None:
@@ -91,11 +109,17 @@ class MemoryBatchStore:
             self._batches[batch_id] = {"id": batch_id, "total": total, "done": 0, "failed": 0, "jobs": jobs,
                                        "project": project_id, "created_at": time.time()}
 
-    def record(self, batch_id: str, done: int, failed: int) -> dict[str, Any]:
+    def record(self, batch_id: str, done: int, failed: int, key: str | None = None) -> dict[str, Any]:
+        """As :meth:`RedisBatchStore.record`."""
         with self._lock:
             info = self._batches.get(batch_id)
             if info is None:
                 return {}
+            counted = self._counted.setdefault(batch_id, set())
+            if key is not None:
+                if key in counted:
+                    return _status(dict(info))
+                counted.add(key)
             info["done"] += done
             info["failed"] += failed
             return _status(dict(info))

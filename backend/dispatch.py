@@ -12,21 +12,25 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, Protocol, Sequence
 
 from redis import Redis
-from rq import Callback, Queue, Retry, Worker
+from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 from rq.results import Result
 
 from .jobs import PredictJob, on_predict_job_failure, run_predict_job
 from .settings import INFERENCE_QUEUE, Settings
+from .worker import live_workers
 
 log = logging.getLogger(__name__)
 
 Answers = list[dict[str, Any]]
 DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 RESULT_BLOCK_S = 1.0  # longest single block on a job's result stream
+LIVE_CHECK_S = 2.0  # how often a wait for a queued job checks that some worker is still alive to run it
+NO_WORKER = "no sag-worker is running for the sag:inference queue; start one with `sag-worker`"
 
 
 class Outcome:
@@ -79,6 +83,7 @@ class RQDispatcher:
         means keep reading after it."""
         key = Result.get_key(job.id)
         last_id = "0-0"
+        next_check = time.monotonic() + LIVE_CHECK_S
         while (left := deadline - time.monotonic()) > 0:
             # Short blocks, so a job that ends without a result entry (cancelled, deleted) is noticed too.
             response = self.redis.xread({key: last_id}, block=max(1, int(1000 * min(left, RESULT_BLOCK_S))))
@@ -100,13 +105,22 @@ class RQDispatcher:
                     latest = job.latest_result()
                     return Outcome(error=f"the prediction job {status.value}: "
                                          f"{_last_line(latest.exc_string if latest else None)}")
+                if status in (JobStatus.QUEUED, JobStatus.STARTED) and time.monotonic() >= next_check:
+                    # Every worker died meanwhile: nobody will run the job (nor requeue it from a dead worker: that
+                    # takes a live one's maintenance pass), so answer now rather than at SAG_PREDICT_TIMEOUT.
+                    next_check = time.monotonic() + LIVE_CHECK_S
+                    if not self.workers():
+                        if status == JobStatus.QUEUED:  # a started one is left to RQ's abandoned-job handling
+                            job.cancel()
+                        return Outcome(error=NO_WORKER)
         if job.get_status(refresh=True) == JobStatus.QUEUED:
             job.cancel()  # nobody is waiting for it any more
         return Outcome(error=f"no result within {timeout:.0f} s (SAG_PREDICT_TIMEOUT): workers are busy or down; "
                              "ask again later")
 
     def workers(self) -> int:
-        return Worker.count(queue=self.queue)
+        """Live workers on the inference queue (recent heartbeat; see :func:`backend.worker.live_workers`)."""
+        return len(live_workers(self.queue, self.settings.worker_heartbeat))
 
     def stats(self) -> dict[str, Any]:
         return {"mode": "redis", "queue": INFERENCE_QUEUE, "queued": self.queue.count, "workers": self.workers(),
@@ -120,14 +134,21 @@ def _last_line(text: str | None) -> str:
 
 
 class EmbeddedDispatcher:
-    """One background thread running jobs in this process, urgent ones first; the model lives in this process."""
+    """Background threads running jobs in this process, urgent ones first; the model lives in this process.
 
-    def __init__(self) -> None:
+    Several threads, so a job waiting on a slow image server (up to SAG_FETCH_TIMEOUT) does not hold back the
+    others: the predictor fetches outside its model lock and runs the model one job at a time under it.
+    """
+
+    def __init__(self, threads: int = 4) -> None:
         self._queue: queue.PriorityQueue[tuple[int, int, PredictJob, Future]] = queue.PriorityQueue()
         self._seq = itertools.count()
-        self._thread = threading.Thread(target=self._run, name="sag-embedded-worker", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
         self.finished = 0
+        self._threads = [threading.Thread(target=self._run, name=f"sag-embedded-worker-{i}", daemon=True)
+                         for i in range(max(1, threads))]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, jobs: Sequence[PredictJob], urgent: bool) -> list[Future]:
         futures = []
@@ -147,7 +168,8 @@ class EmbeddedDispatcher:
             except BaseException as exc:  # the thread must survive any job
                 log.exception("embedded job failed: %s", job.describe())
                 future.set_exception(exc)
-            self.finished += 1
+            with self._lock:
+                self.finished += 1
 
     def wait(self, handles: Sequence[Future], timeout: float) -> list[Outcome]:
         deadline = time.monotonic() + timeout
@@ -155,16 +177,16 @@ class EmbeddedDispatcher:
         for future in handles:
             try:
                 outcomes.append(Outcome(answers=future.result(timeout=max(0.0, deadline - time.monotonic()))))
-            except TimeoutError:
+            except FuturesTimeoutError:  # not the built-in TimeoutError before Python 3.11
                 future.cancel()
-                outcomes.append(Outcome(error=f"no result within {timeout:.0f} s (SAG_PREDICT_TIMEOUT); ask again "
+                outcomes.append(Outcome(error=f"no result within {timeout:g} s (SAG_PREDICT_TIMEOUT); ask again "
                                               "later"))
             except Exception as exc:
                 outcomes.append(Outcome(error=f"the prediction job failed: {type(exc).__name__}: {exc}"))
         return outcomes
 
     def workers(self) -> int:
-        return 1 if self._thread.is_alive() else 0
+        return sum(thread.is_alive() for thread in self._threads)
 
     def stats(self) -> dict[str, Any]:
         return {"mode": "embedded", "queued": self._queue.qsize(), "workers": self.workers(),

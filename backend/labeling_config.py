@@ -95,9 +95,23 @@ def _control(element: Element) -> Control:
     return Control(element.get("name", ""), element.get("toName", ""), tuple(labels), tuple(aliases))
 
 
-@functools.lru_cache(maxsize=64)
+# Label Studio configs are a few kilobytes (a large taxonomy some hundreds); the bound keeps the parse cache below
+# 64 x 1 MiB however many distinct configs requests send.
+MAX_CONFIG_CHARS = 2**20
+
+
 def parse_labeling_config(xml: str) -> LabelingConfig:
-    """Parse and check a config; raises :class:`LabelConfigError` naming what is missing or malformed."""
+    """Parse and check a config; raises :class:`LabelConfigError` naming what is missing or malformed (a value that
+    is not a string, or longer than ``MAX_CONFIG_CHARS``, included)."""
+    if not isinstance(xml, str):
+        raise LabelConfigError(f"the labelling config must be a string of XML, got {type(xml).__name__}")
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise LabelConfigError(f"the labelling config has {len(xml)} characters; the limit is {MAX_CONFIG_CHARS}")
+    return _parse(xml)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(xml: str) -> LabelingConfig:
     if not xml or not xml.strip():
         raise LabelConfigError("the labelling config is empty")
     try:

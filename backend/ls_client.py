@@ -1,20 +1,24 @@
 """A small Label Studio API client: authentication (legacy tokens and personal access tokens) and prediction import.
 
 label-studio-sdk would provide this, but it does not install beside our dependencies (its opencv pin downgrades
-numpy), and we need three calls.
+numpy), and we need a handful of calls.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import json
 import logging
+import re
 import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+
+from . import redact
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,31 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return claims if isinstance(claims, dict) else None
+
+
+ERROR_EXCERPT_CHARS = 200
+_ERROR_READ_BYTES = 64 * 1024  # of an error body, what is looked at (after the secrets are scrubbed from all of it)
+_TAG = re.compile(r"<[^<>]*>")  # [^<>]: linear even on a body of unclosed "<"
+
+
+def _error_excerpt(response: requests.Response, sent: list[str]) -> str:
+    """What an error answer says, for the error message: a JSON ``detail``/``error``/``message`` or the text without
+    markup, with the credentials we sent (``sent``), every registered secret and any credential header's value
+    scrubbed *before* anything is cut (so no part of a secret survives a cut), at most ``ERROR_EXCERPT_CHARS``."""
+    body = redact.scrub_bytes(response.content or b"", sent)[:_ERROR_READ_BYTES]
+    text = body.decode(response.encoding or "utf-8", errors="replace")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        for key in ("detail", "error", "message"):
+            if isinstance(payload.get(key), str):
+                text = payload[key]
+                break
+    text = " ".join(html.unescape(_TAG.sub(" ", text)).split())
+    text = redact.scrub_headers(redact.scrub(text, sent))
+    return text[:ERROR_EXCERPT_CHARS] + ("..." if len(text) > ERROR_EXCERPT_CHARS else "")
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -98,20 +127,27 @@ class LabelStudioClient:
                 f"(POST /api/token/refresh/ -> HTTP {response.status_code})"
             )
         self._access = response.json()["access"]
+        redact.register(self._access, rotating=True)  # derived secret: scrubbed from logs, answers, job records
         claims = _jwt_claims(self._access) or {}
         self._access_expires = float(claims.get("exp", time.time() + 240))
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """An authenticated API call; raises :class:`LabelStudioError` on a connection error or HTTP error."""
         kwargs.setdefault("timeout", self.timeout)
-        headers = {**kwargs.pop("headers", {}), **self.auth_headers()}
+        credentials = self.auth_headers()
+        headers = {**kwargs.pop("headers", {}), **credentials}
         try:
             response = self._session.request(method, self.absolute(path), headers=headers, **kwargs)
         except requests.RequestException as exc:
             raise LabelStudioError(f"{method} {path}: cannot reach Label Studio at {self.url}: "
                                    f"{type(exc).__name__}") from None
         if response.status_code >= 400:
-            raise LabelStudioError(f"{method} {path} -> HTTP {response.status_code}: {response.text[:300]}")
+            # The message reaches job records in Redis and HTTP answers (/training/<project>, /jobs/<id>): never
+            # the body verbatim (an error page may echo our request headers), a short scrubbed excerpt of it.
+            sent = [value for header in credentials.values() for value in (header, header.partition(" ")[2])]
+            excerpt = _error_excerpt(response, sent)
+            raise LabelStudioError(f"{method} {path} -> HTTP {response.status_code}" + (f": {excerpt}" if excerpt
+                                                                                         else ""))
         return response
 
     def import_predictions(self, project_id: int, predictions: list[dict[str, Any]]) -> int:
@@ -151,3 +187,69 @@ class LabelStudioClient:
         if not isinstance(found, list):
             raise LabelStudioError("GET /api/predictions: expected a list of predictions")
         return found
+
+    # ---- idempotent write-back ---------------------------------------------------------------------------------
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """The predictions stored for one task (``GET /api/predictions/?task=<id>``), each with ``id``, ``task``,
+        ``model_version``, ..."""
+        found = self._json("/api/predictions/", params={"task": task_id})
+        if not isinstance(found, list):
+            raise LabelStudioError("GET /api/predictions/: expected a list of predictions")
+        # Filtered here too: a server that ignored the filter would otherwise answer with other tasks' predictions.
+        return [p for p in found if isinstance(p, dict) and p.get("task") == task_id]
+
+    def delete_prediction(self, task_id: int, prediction_id: int) -> bool:
+        """Delete one prediction of ``task_id``; False when it was gone already (another run removed it first)."""
+        try:
+            self.request("DELETE", f"/api/predictions/{prediction_id}/")
+        except LabelStudioError:
+            if any(p.get("id") == prediction_id for p in self.task_predictions(task_id)):
+                raise
+            return False
+        return True
+
+    def import_predictions_once(self, project_id: int, predictions: list[dict[str, Any]]) -> dict[str, int]:
+        """Store each prediction unless its task already holds one of the same ``model_version``, so that any number
+        of runs of the same write leaves exactly one prediction per (task, model_version).
+
+        Before importing, each task's predictions are listed and the tasks that already hold this version are
+        skipped (a retry after a lost answer: LS stored the import, the worker never heard). After importing, the
+        written tasks are listed again and any extra copy of the version is deleted, keeping the oldest (lowest id):
+        two runs of one job that imported concurrently (RQ requeued a job whose worker had lost Redis while it was
+        still running) converge too; they all keep the same one. Returns how many were ``stored``, ``skipped``
+        (present already) and ``removed`` (duplicates deleted). Raises :class:`LabelStudioError` if a written task
+        still has no prediction of its version, so the job is retried.
+        """
+        wanted: dict[tuple[int, str], dict[str, Any]] = {}
+        for prediction in predictions:
+            if isinstance(prediction.get("task"), int):  # a task without an id cannot hold a prediction
+                wanted.setdefault((prediction["task"], prediction["model_version"]), prediction)
+        removed = 0
+        todo: list[dict[str, Any]] = []
+        for (task_id, version), prediction in wanted.items():
+            held = [p for p in self.task_predictions(task_id) if p.get("model_version") == version]
+            if held:
+                removed += self._keep_oldest(task_id, held)
+            else:
+                todo.append(prediction)
+        stored = self.import_predictions(project_id, todo) if todo else 0
+        missing = []
+        for prediction in todo:
+            task_id, version = prediction["task"], prediction["model_version"]
+            held = [p for p in self.task_predictions(task_id) if p.get("model_version") == version]
+            if not held:
+                missing.append(task_id)
+            removed += self._keep_oldest(task_id, held)
+        if missing:
+            raise LabelStudioError(f"POST /api/projects/{project_id}/import/predictions: Label Studio holds no "
+                                   f"prediction afterwards for task(s) {missing[:10]}")
+        skipped = len(wanted) - len(todo)
+        if skipped or removed:
+            log.info("label studio: project %s: %d prediction(s) stored, %d already there, %d duplicate(s) removed",
+                     project_id, stored, skipped, removed)
+        return {"stored": stored, "skipped": skipped, "removed": removed}
+
+    def _keep_oldest(self, task_id: int, same_version: list[dict[str, Any]]) -> int:
+        """Delete all but the lowest-id prediction of ``same_version`` (one task, one model version); how many went."""
+        ids = sorted(p["id"] for p in same_version if isinstance(p.get("id"), int))
+        return sum(self.delete_prediction(task_id, extra) for extra in ids[1:])

@@ -8,11 +8,13 @@ embedded mode, in this process's runtime), and the serving version is read from 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
 from .batches import new_batch_id
 from .dispatch import Dispatcher
+from .http_input import BadRequest, json_type
 from .jobs import PredictJob
 from .labeling_config import LabelConfigError, LabelingConfig, parse_labeling_config
 from .predictor import OutputSpec, TaskInput, task_error
@@ -27,16 +29,28 @@ class TaskRejected(ValueError):
     """A task that cannot be predicted; the message is returned for that task."""
 
 
+_PROJECT_ID = re.compile(r"\s*(\d{1,18})(?:\.\d{0,20})?\s*")  # "<id>" or "<id>.<created timestamp>"
+
+
 def project_id_of(project: Any) -> int | None:
-    """Label Studio sends ``"<id>.<created timestamp>"`` to /predict and a project dict to /webhook."""
+    """The project id of a request's ``project`` field: Label Studio sends ``"<id>.<created timestamp>"`` to
+    /predict and /setup and a project object (with ``id``) to /webhook; a plain id is accepted too. None when the
+    field is absent, null or empty; :class:`~backend.http_input.BadRequest` naming the field for anything else (a
+    negative or fractional number, a list, a string that is not an id)."""
+    field = "project"
     if isinstance(project, dict):
-        project = project.get("id")
+        field, project = "project.id", project.get("id")
     if project is None or project == "":
         return None
-    try:
-        return int(str(project).split(".")[0])
-    except ValueError:
-        return None
+    if isinstance(project, int) and not isinstance(project, bool) and 0 <= project < 10**18:
+        return project
+    if isinstance(project, str) and (match := _PROJECT_ID.fullmatch(project)):
+        return int(match.group(1))
+    short = (isinstance(project, str) and len(project) <= 40 or isinstance(project, float)
+             or isinstance(project, int) and not isinstance(project, bool) and project.bit_length() <= 128)
+    shown = f" {project!r}" if short else ""
+    raise BadRequest(f"'{field}' must be a Label Studio project id (a non-negative integer, \"<id>.<timestamp>\" "
+                     f"or an object with an \"id\"), got {json_type(project)}{shown}")
 
 
 class SaGModel:
@@ -103,9 +117,13 @@ class SaGModel:
         return response
 
     def _task_input(self, task: dict[str, Any], config: LabelingConfig, context: dict[str, Any] | None) -> TaskInput:
-        data = task.get("data") if isinstance(task, dict) else None
-        if not isinstance(data, dict):
+        if not isinstance(task, dict):
+            raise TaskRejected(f"the task must be an object, got {json_type(task)}")
+        data = task.get("data")
+        if data is None:
             raise TaskRejected("the task has no data")
+        if not isinstance(data, dict):
+            raise TaskRejected(f"the task's 'data' must be an object, got {json_type(data)}")
         image = data.get(config.image_key)
         if not isinstance(image, str) or not image.strip():
             raise TaskRejected(f"the task has no image in data field {config.image_key!r}")
@@ -122,10 +140,12 @@ class SaGModel:
         """The referring texts: a typed prompt from the context wins; else the task field (a string or a list)."""
         raw: Any = None
         source = f"data field {self.settings.text_field!r}"
-        if context and config.prompt_name:
-            for region in context.get("result") or []:
+        regions = context.get("result") if context else None
+        if isinstance(regions, list) and config.prompt_name:  # app.py has refused any other shape with a 400
+            for region in regions:
                 if isinstance(region, dict) and region.get("from_name") == config.prompt_name:
-                    raw = (region.get("value") or {}).get("text")
+                    value = region.get("value")
+                    raw = value.get("text") if isinstance(value, dict) else None
                     source = f"prompt <{config.prompt_name}>"
         if raw is None:
             raw = data.get(self.settings.text_field)
@@ -225,6 +245,7 @@ class SaGModel:
 
 
 def _task_id(task: Any) -> int | None:
-    if isinstance(task, dict) and isinstance(task.get("id"), int):
+    """The task's id when it is an integer (a boolean is not), else None: the answer still goes in its place."""
+    if isinstance(task, dict) and isinstance(task.get("id"), int) and not isinstance(task["id"], bool):
         return task["id"]
     return None

@@ -94,7 +94,9 @@ def _each_or_alone(items: Sequence[T], run: Callable[[Sequence[T]], list[R]]) ->
 
 
 class Predictor:
-    """Serves the registry's current version. Not for concurrent use: a process runs one job at a time."""
+    """Serves the registry's current version. Safe to call from several threads: images are fetched concurrently
+    (a slow image server delays only its own job), and everything that touches the model, the entity cache or the
+    counters runs under one lock, one job at a time."""
 
     def __init__(self, settings: Settings, registry: Registry, fetcher: ImageFetcher):
         self.settings = settings
@@ -105,7 +107,9 @@ class Predictor:
         self.counters = Counters()
         self.model: SaG | None = None
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fetch")
+        # Shared by concurrent jobs; sized so a few stalled downloads (each bounded by SAG_FETCH_TIMEOUT) leave
+        # threads for the others.
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fetch")
 
     @property
     def version(self) -> str | None:
@@ -127,10 +131,13 @@ class Predictor:
 
     def predict(self, tasks: Sequence[TaskInput], spec: OutputSpec) -> list[dict[str, Any]]:
         """One Label Studio answer per task, in order: ``{result, score, model_version}`` or a task error."""
+        pending = [_Pending(task) for task in tasks]
+        # Outside the lock: a download may take up to SAG_FETCH_TIMEOUT, and the model must serve other jobs
+        # meanwhile (in embedded mode every /predict shares this predictor).
+        fetched = list(self._pool.map(lambda p: _capture(self._fetch, p.task), pending))
         with self._lock:
             model = self.ensure_model()
-            pending = [_Pending(task) for task in tasks]
-            self._load_images(model, pending)
+            self._load_images(model, pending, fetched)
             self._segment(model, pending, spec)
             answers = []
             for item in pending:
@@ -151,8 +158,7 @@ class Predictor:
     def _fetch(self, task: TaskInput) -> bytes:
         return self.fetcher.fetch(task.image_url, task.task_id)
 
-    def _load_images(self, model: SaG, pending: list[_Pending]) -> None:
-        fetched = list(self._pool.map(lambda p: _capture(self._fetch, p.task), pending))
+    def _load_images(self, model: SaG, pending: list[_Pending], fetched: list[bytes | Exception]) -> None:
         to_encode: list[tuple[_Pending, str, Any]] = []
         seen: dict[str, list[_Pending]] = {}
         for item, data in zip(pending, fetched):

@@ -46,7 +46,8 @@ def refresh_prelabels(runtime: Runtime, dispatcher: Any, project_id: int, label_
         return {"tasks": len(stale), "batch": answer["job"]}
     predictions = [{"task": t["id"], "result": a["result"], "score": a["score"], "model_version": a["model_version"]}
                    for t, a in zip(stale, answer["results"]) if isinstance(a, dict) and "result" in a]
-    stored = ls.import_predictions(project_id, predictions)
+    written = ls.import_predictions_once(project_id, predictions)  # a retried job leaves one copy per task
+    stored = written["stored"] + written["skipped"]
     log.info("pre-label refresh of project %s: %d of %d stale tasks re-predicted with %s", project_id, stored,
              len(stale), version)
     return {"tasks": len(stale), "stored": stored, "failed": len(stale) - len(predictions)}

@@ -22,6 +22,9 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+REDIS_CONNECT_TIMEOUT_S = 5.0
+REDIS_SOCKET_TIMEOUT_S = 30.0
+
 
 class Runtime:
     def __init__(self, settings: Settings):
@@ -29,7 +32,13 @@ class Runtime:
 
     @functools.cached_property
     def redis(self) -> Redis | None:
-        return Redis.from_url(self.settings.redis_url) if self.settings.redis_url else None
+        if not self.settings.redis_url:
+            return None
+        # Timeouts, so a Redis that stops answering (rather than refusing connections) gives a RedisError, which the
+        # app answers with 503, instead of hanging the request: no command of ours blocks for longer than
+        # dispatch.RESULT_BLOCK_S (XREAD) or the training lock's 5 s.
+        return Redis.from_url(self.settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+                              socket_timeout=REDIS_SOCKET_TIMEOUT_S)
 
     @functools.cached_property
     def registry(self) -> Registry:

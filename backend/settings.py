@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
+import socket
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 INFERENCE_QUEUE = "sag:inference"
 TRAINING_QUEUE = "sag:training"
@@ -72,6 +75,97 @@ def _label_map(env: Mapping[str, str], name: str) -> dict[str, str]:
     return value
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+
+
+@dataclass(frozen=True)
+class AllowedDestination:
+    """One destination that may be reached although it is not public: ``SAG_ALLOWED_HOSTS`` entries and Label
+    Studio's own origin. Exactly one of ``name`` and ``network`` is set; ``port`` None means any port, ``scheme``
+    None any of http and https."""
+
+    entry: str
+    name: str | None = None  # a DNS name, compared by the addresses it resolves to at connection time
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None  # an address (/32, /128) or a CIDR
+    port: int | None = None
+    scheme: str | None = None
+
+
+def parse_allowed_host(entry: str, name: str = "SAG_ALLOWED_HOSTS") -> AllowedDestination:
+    """Parse one allow-list entry: ``host``, ``host:port``, ``10.0.0.5``, ``10.0.0.5:9000``, ``10.0.0.0/8``,
+    ``10.0.0.0/8:9000``, ``fd00::5``, ``[fd00::5]:9000``, ``fd00::/8``, ``[fd00::/8]:9000``.
+
+    Refuses (:class:`SettingsError` naming ``name`` and the entry) anything else: a scheme, a path or userinfo, an
+    empty host, a bad port or CIDR, a CIDR with host bits set, an IPv4 address in a form other than dotted quad
+    (``127.1``, ``2130706433``, ``0x7f000001``: resolvers accept them, so they would hide what is allowed).
+    """
+    raw = entry.strip()
+
+    def bad(why: str) -> SettingsError:
+        return SettingsError(f"{name}: bad entry {entry!r}: {why}; expected host, host:port, address, address:port, "
+                             "CIDR or CIDR:port, e.g. minio:9000, 10.0.0.5, 10.0.0.0/8, [fd00::5]:9000")
+
+    if not raw:
+        raise bad("empty entry")
+    if "://" in raw:
+        raise bad("no scheme: write the host (and port) only")
+    if any(c in raw for c in "@?#\\ \t") or raw == "*":
+        raise bad("not a host")
+    host, port_text = raw, None
+    if raw.startswith("["):
+        close = raw.find("]")
+        if close < 0:
+            raise bad("unclosed '['")
+        host, rest = raw[1:close], raw[close + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise bad("unexpected text after ']'")
+            port_text = rest[1:]
+        if ":" not in host:
+            raise bad("brackets are for IPv6 addresses")
+    elif raw.count(":") == 1:
+        host, port_text = raw.split(":")
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise bad(f"port {port_text!r} is not a number from 1 to 65535")
+        port = int(port_text)
+    if not host:
+        raise bad("empty host")
+    if ":" in host or "/" in host or host.replace(".", "").isdigit():
+        try:
+            network = ipaddress.ip_network(host, strict=True)
+        except ValueError as exc:
+            if "/" in host and "has host bits set" in str(exc):
+                raise bad(f"{host} has host bits set (did you mean {ipaddress.ip_network(host, strict=False)}?)")
+            if "/" not in host and _inet_aton_accepts(host):
+                raise bad("write IPv4 addresses as four dotted decimal numbers")
+            raise bad(f"not an IP address or CIDR ({exc})")
+        mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+        if mapped is not None and network.prefixlen >= 96:  # ::ffff:10.0.0.5 is how IPv6 sockets see 10.0.0.5
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+        return AllowedDestination(entry=raw, network=network, port=port)
+    lowered = host.lower().rstrip(".")
+    if _inet_aton_accepts(lowered):  # 127.1, 0x7f000001, 017700000001: the resolver reads these as addresses
+        raise bad("write IPv4 addresses as four dotted decimal numbers")
+    if not _HOSTNAME.fullmatch(lowered):
+        raise bad("not a valid host name")
+    return AllowedDestination(entry=raw, name=lowered, port=port)
+
+
+def _inet_aton_accepts(text: str) -> bool:
+    try:
+        socket.inet_aton(text)
+    except OSError:
+        return False
+    return True
+
+
+def parse_allowed_hosts(entries: Iterable[str], name: str = "SAG_ALLOWED_HOSTS") -> tuple[AllowedDestination, ...]:
+    """Every entry parsed with :func:`parse_allowed_host` (the first bad one raises)."""
+    return tuple(parse_allowed_host(entry, name) for entry in entries)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The backend's configuration. Build it with :meth:`from_env`; the README's table lists every variable."""
@@ -111,7 +205,8 @@ class Settings:
     polygon_tolerance: float = 1.5  # pixels, Douglas-Peucker tolerance for the optional polygons
 
     # Images.
-    allowed_hosts: tuple[str, ...] = ()  # private/loopback hosts allowed besides Label Studio's own
+    # Non-public destinations allowed besides Label Studio's origin; syntax and meaning in parse_allowed_host.
+    allowed_hosts: tuple[str, ...] = ()
     local_roots: tuple[str, ...] = ()  # directories from which plain local paths may be read
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 60_000_000
@@ -180,7 +275,9 @@ class Settings:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise SettingsError(f"unknown settings: {unknown}")
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        parse_allowed_hosts(settings.allowed_hosts)  # refuse a malformed entry at start-up, not at the first fetch
+        return settings
 
     @property
     def embedded(self) -> bool:

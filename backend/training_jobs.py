@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 import uuid
 import weakref
 from collections import OrderedDict
@@ -32,6 +33,7 @@ from rq.job import Job, JobStatus
 from sag import resolve_device
 from training.finetune import FinetuneConfig, FinetuneError, finetune, project_data
 
+from . import redact
 from .images import decode_image
 from .labeling_config import LabelConfigError, parse_labeling_config
 from .runtime import Runtime, get_runtime
@@ -51,6 +53,20 @@ class TrainingError(RuntimeError):
 
 # Errors that a re-run cannot fix: the job fails at once instead of spending its retries.
 PERMANENT = (TrainingError, FinetuneError, LabelConfigError)
+
+
+class JobFailed(RuntimeError):
+    """A job's exception whose message or traceback held a secret, re-raised as ``"<type>: <scrubbed message>"``
+    so that what RQ stores in Redis (the job's exc_info, its result stream) holds no secret."""
+
+
+def _without_secrets(exc: BaseException) -> BaseException:
+    """``exc`` itself when its traceback (chained exceptions included) shows no secret, else a :class:`JobFailed`
+    with its scrubbed message."""
+    text = "".join(traceback.format_exception(exc))
+    if redact.scrub(text) == text:
+        return exc
+    return JobFailed(f"{type(exc).__name__}: {redact.scrub(str(exc))}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +157,7 @@ def run_training_job(request: TrainRequest) -> dict[str, Any]:
     def report(info: dict[str, Any]) -> None:
         if job is None:
             return
-        job.meta.update(info)
+        job.meta.update(redact.scrub_data(info))
         if "step" in info:
             step, total = info["step"], info["total"]
             if step % max(1, total // 10) == 0 or step == total:
@@ -154,17 +170,22 @@ def run_training_job(request: TrainRequest) -> dict[str, Any]:
 
     try:
         runtime = get_runtime()
+        redact.register(*runtime.settings.secrets())  # also under a plain `rq worker`, which configures no logging
         from .dispatch import RQDispatcher
 
         dispatcher = RQDispatcher(runtime.redis, runtime.settings) if runtime.redis is not None else None
-        return train_project(runtime, request, report, dispatcher)
-    except PERMANENT as exc:
-        if job is not None:
-            job.retries_left = 0  # a re-run would fail the same way
-            job.meta.update({"stage": "failed", "error": str(exc)})
-            job.save_meta()
-        log.error("training project %s failed: %s", request.project_id, exc)
-        raise
+        return redact.scrub_data(train_project(runtime, request, report, dispatcher))  # RQ stores the result
+    except Exception as exc:
+        if isinstance(exc, PERMANENT):
+            if job is not None:
+                job.retries_left = 0  # a re-run would fail the same way
+                job.meta.update({"stage": "failed", "error": redact.scrub(str(exc))})
+                job.save_meta()
+            log.error("training project %s failed: %s", request.project_id, exc)
+        clean = _without_secrets(exc)
+        if clean is exc:
+            raise
+        raise clean from None  # RQ stores the traceback of what is raised here
 
 
 # ---- queues -----------------------------------------------------------------------------------------------------
@@ -188,7 +209,7 @@ class RQTrainingQueue:
             return None
         try:
             return Job.fetch(job_id.decode() if isinstance(job_id, bytes) else job_id, connection=self.redis)
-        except NoSuchJobError:
+        except (NoSuchJobError, ValueError, TypeError):  # unknown, or not a job id at all (/jobs/<anything>)
             return None
 
     def submit(self, project_id: int, reason: str) -> dict[str, Any]:
@@ -216,9 +237,10 @@ class RQTrainingQueue:
         return answer
 
     def trainers(self) -> int:
-        from rq import Worker
+        """Live trainers on the training queue (recent heartbeat), not RQ's registration set, which keeps dead ones."""
+        from .worker import live_workers
 
-        return Worker.count(queue=self.queue)
+        return len(live_workers(self.queue, self.runtime.settings.worker_heartbeat))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         job = self._job(job_id)
@@ -242,7 +264,7 @@ def describe_rq(job: Job) -> dict[str, Any]:
     elif status == JobStatus.FAILED and "error" not in info:
         result = job.latest_result()
         lines = [ln for ln in ((result.exc_string or "") if result else "").strip().splitlines() if ln.strip()]
-        info["error"] = lines[-1] if lines else "failed"
+        info["error"] = redact.scrub(lines[-1]) if lines else "failed"
     return info
 
 
@@ -273,14 +295,17 @@ class EmbeddedTrainingQueue:
         return {"status": "queued", **dict(info)}
 
     def _run(self, info: dict[str, Any], request: TrainRequest) -> None:
+        def report(update: dict[str, Any]) -> None:
+            info.update(redact.scrub_data(update))
+
         with self.gate:
             info["state"] = "started"
             try:
-                info["result"] = train_project(self.runtime, request, info.update, self.dispatcher)
+                info["result"] = redact.scrub_data(train_project(self.runtime, request, report, self.dispatcher))
                 info["state"] = "finished"
             except Exception as exc:  # the thread must report, not die silently
                 log.exception("training project %s failed", request.project_id)
-                info.update(state="failed", stage="failed", error=f"{type(exc).__name__}: {exc}")
+                info.update(state="failed", stage="failed", error=redact.scrub(f"{type(exc).__name__}: {exc}"))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         info = self.jobs.get(job_id)

@@ -10,14 +10,18 @@ They sit behind the same basic auth as the rest of the backend (BASIC_AUTH_USER 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from training.registry import RegistryError
 
+from .http_input import BadRequest, json_type, parse_json_object
 from .runtime import Runtime
 from .training_jobs import training_service
+
+log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("created_at", "parent", "preset", "trained", "trained_on", "metrics", "promotion", "label_studio")
 
@@ -51,14 +55,23 @@ def training_blueprint(runtime: Runtime, dispatcher: Any) -> Blueprint:
 
     @bp.post("/versions/rollback")
     def rollback() -> tuple[Response, int]:
-        payload = request.get_json(silent=True) or {}
-        version = payload.get("version") if isinstance(payload, dict) else None
-        if version is not None and not isinstance(version, str):
-            return jsonify(error="'version' must be a version id string"), 400
+        # No body means "the previous version"; a body that is there must say which one, so a malformed body
+        # is refused rather than read as "the previous version".
+        version = None
+        raw = request.get_data(cache=True)
+        if raw.strip():
+            if not request.is_json:
+                raise BadRequest("the request body must be a JSON object sent as Content-Type: application/json")
+            version = parse_json_object(raw).get("version")
+            if version is not None and not isinstance(version, str):
+                raise BadRequest(f"'version' must be a version id string, got {json_type(version)}")
         try:
             served = runtime.registry.rollback(version)
-        except RegistryError as exc:
+        except RegistryError as exc:  # its messages name version ids, never the registry's directory
             return jsonify(error=str(exc)), 404 if version else 409
+        except OSError:  # e.g. the CURRENT file cannot be written; the path stays in the log
+            log.exception("rollback to %s failed", version or "the previous version")
+            return jsonify(error="the model registry could not be updated; see the backend's log"), 500
         return jsonify(current=served.id), 200
 
     return bp

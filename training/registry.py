@@ -88,7 +88,8 @@ class Registry:
             return Version(version, path, read_metadata(path))
         except (OSError, ValueError) as exc:
             known = [v.id for v in self.versions()]
-            raise RegistryError(f"unknown model version {version!r} in {self.root} (known: {known})") from exc
+            # The message reaches HTTP answers (/versions/rollback): it names version ids, not the server's paths.
+            raise RegistryError(f"unknown model version {version!r} (known: {known})") from exc
 
     def add(self, model: "SaG", metadata: dict[str, Any] | None = None) -> Version:
         """Save ``model`` as a new version (not promoted) and return it.

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -73,6 +77,22 @@ class Served:
     token: str | None = None  # when set, /data/ paths need "Authorization: Token <token>"
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     posted: list[tuple[str, object]] = field(default_factory=list)
+    # Label Studio's prediction API, as the real server behaves for the calls the backend makes: an import stores
+    # each prediction with a new id; GET /api/predictions/?task=N lists a task's; DELETE /api/predictions/<id>/.
+    predictions: list[dict] = field(default_factory=list)
+    # Test hook run on each import before anything is stored (it may block, e.g. on an Event): returns the HTTP
+    # status to answer and whether Label Studio stores the predictions (a 5xx after storing is a proxy timeout).
+    on_import: Callable[[list], tuple[int, bool]] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    prediction_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))  # never reused, as in a DB
+
+    def prediction_counts(self) -> dict[tuple[int, str], int]:
+        """How many stored predictions each (task, model_version) has."""
+        with self.lock:
+            counts: dict[tuple[int, str], int] = {}
+            for p in self.predictions:
+                counts[(p["task"], p["model_version"])] = counts.get((p["task"], p["model_version"]), 0) + 1
+            return counts
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -84,9 +104,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _record(self, body: bytes = b"") -> None:
         self.served.requests.append((self.command, self.path, dict(self.headers), body))
 
+    def _json_answer(self, status: int, data: object) -> None:
+        body = json.dumps(data).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client was killed while Label Studio worked on its request
+
     def do_GET(self) -> None:  # noqa: N802
         self._record()
         path = self.path
+        if urlsplit(path).path == "/api/predictions/" and path not in self.served.files:
+            query = parse_qs(urlsplit(path).query)
+            with self.served.lock:
+                found = [dict(p) for p in self.served.predictions
+                         if all(str(p[field]) in query[field] for field in ("task", "project") if field in query)]
+            self._json_answer(200, found)
+            return
         if path in self.served.redirects:
             self.send_response(302)
             self.send_header("Location", self.served.redirects[path])
@@ -115,14 +153,36 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def do_POST(self) -> None:  # noqa: N802
-        import json
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._record()
+        match = re.fullmatch(r"/api/predictions/(\d+)/", self.path)
+        with self.served.lock:
+            before = len(self.served.predictions)
+            if match:
+                self.served.predictions[:] = [p for p in self.served.predictions if p["id"] != int(match.group(1))]
+            gone = len(self.served.predictions) < before
+        if gone:
+            self.send_response(204)
+            self.end_headers()
+        else:
+            self._json_answer(404, {"detail": "Not found."})
 
+    def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         self._record(body)
         payload = json.loads(body or b"null")
         self.served.posted.append((self.path, payload))
+        imported = re.fullmatch(r"/api/projects/(\d+)/import/predictions", self.path)
+        if imported and isinstance(payload, list):
+            status, store = self.served.on_import(payload) if self.served.on_import else (201, True)
+            if store:
+                with self.served.lock:
+                    for p in payload:
+                        self.served.predictions.append({**p, "id": next(self.served.prediction_ids),
+                                                        "project": int(imported.group(1))})
+            self._json_answer(status, {"created": len(payload)} if status < 400 else {"detail": "Gateway Timeout"})
+            return
         self.send_response(201)
         self.send_header("Content-Type", "application/json")
         self.end_headers()

@@ -122,8 +122,8 @@ def test_every_bad_input_fails_alone_and_the_server_keeps_serving(model_dir, htt
     assert "result" in results[0] and "result" in results[-1]
     expected = {
         2: "no referring text", 3: "is empty", 4: "10000 characters; the limit is 1000", 5: "corrupt or truncated",
-        6: "HTTP 404", 7: "text/html, not an image", 8: "the limit is 4 MP", 9: "non-public address",
-        10: "non-public address", 11: "no image",
+        6: "HTTP 404", 7: "text/html, not an image", 8: "the limit is 4 MP", 9: "public address",
+        10: "public address", 11: "no image",
     }
     for task_id, message in expected.items():
         answer = results[task_id - 1]
