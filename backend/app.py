@@ -19,24 +19,34 @@ from werkzeug.exceptions import HTTPException
 
 from . import redact
 from .dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
-from .http_input import (MAX_BODY_BYTES, MAX_JSON_DEPTH, BadRequest, json_too_deep, optional_string, parse_json_object,
+from .exceptions import BadRequest, LabelConfigError, SettingsError
+from .http_input import (MAX_BODY_BYTES, MAX_JSON_DEPTH, json_too_deep, optional_string, parse_json_object,
                          prompt_context)
 from .jobs import worker_stats
-from .labeling_config import LabelConfigError
 from .logs import configure_logging
 from .model import TRAIN_EVENTS, SaGModel, project_id_of
-from .runtime import Runtime, get_runtime, set_runtime
-from .settings import Settings, SettingsError
-from .training_routes import training_blueprint, training_job_status
+from .predictions import PredictionService
+from .runtime import Runtime, set_runtime
+from .settings import Settings
+from .training_routes import training_blueprint
+from .training_service import TrainingService
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flask:
-    """The Flask app. Embedded mode (no REDIS_URL) runs jobs in a thread of this process and loads the model here."""
-    runtime = set_runtime(Runtime(settings))
+def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime: Runtime | None = None) -> Flask:
+    """The Flask app. Embedded mode (no REDIS_URL) runs jobs in a thread of this process and loads the model here.
+
+    The services are built here, once (label-studio-ml's ``init_app(model_class=...)`` wiring), and passed to the
+    routes and to each request's :class:`~backend.model.SaGModel`: the runtime (``runtime``, else one from
+    ``settings``; also installed as this process's runtime for the job functions, see :mod:`backend.runtime`), the
+    inference ``dispatcher`` (default: threads of this process in embedded mode, else the ``sag:inference`` queue),
+    the prediction service and the training service."""
+    runtime = set_runtime(runtime or Runtime(settings))
     if dispatcher is None:
         dispatcher = EmbeddedDispatcher() if settings.embedded else RQDispatcher(runtime.redis, settings)
+    predictions = PredictionService(runtime, dispatcher)
+    training = TrainingService(runtime, predictions)
     redact.register(*settings.secrets())  # scrubbed from every answer (scrub_answer below) and job record
     app = Flask("sag-backend")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # a longer body is answered 413 before it is read
@@ -45,7 +55,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
 
     def model_for(payload: dict[str, Any]) -> SaGModel:
         config = optional_string(payload, "label_config") or optional_string(payload, "schema")
-        return SaGModel(runtime, dispatcher, project_id_of(payload.get("project")), config)
+        return SaGModel(runtime, predictions, training, project_id_of(payload.get("project")), config)
 
     def body() -> dict[str, Any]:
         """The request's JSON object (size and depth were checked by check_body before anything parsed it)."""
@@ -111,7 +121,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
         event = payload.get("action")
         if event not in TRAIN_EVENTS:
             return jsonify(status="Unknown event"), 200
-        model = SaGModel(runtime, dispatcher, project_id_of(payload.get("project")))
+        model = SaGModel(runtime, predictions, training, project_id_of(payload.get("project")))
         return jsonify(result=model.fit(event, payload), status="ok"), 201
 
     @app.get("/metrics")
@@ -126,12 +136,12 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Flas
 
     @app.get("/jobs/<batch_id>")
     def job_status(batch_id: str) -> tuple[Response, int]:
-        info = runtime.batches.get(batch_id) or training_job_status(runtime, dispatcher, batch_id)
+        info = runtime.batches.get(batch_id) or training.get(batch_id)
         if info is None:
             return jsonify(error=f"no batch or training job {batch_id!r} (unknown or expired)"), 404
         return jsonify(info), 200
 
-    app.register_blueprint(training_blueprint(runtime, dispatcher))
+    app.register_blueprint(training_blueprint(runtime, training))
 
     @app.after_request
     def scrub_answer(response: Response) -> Response:
@@ -188,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sag-backend: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.secrets())
-    app = create_app(settings)
-    runtime = get_runtime()
+    runtime = Runtime(settings)
+    app = create_app(settings, runtime=runtime)
     version = runtime.ensure_serving_version()
     if settings.embedded:
         runtime.predictor.ensure_model()  # load now, not on the first request

@@ -12,7 +12,7 @@ from typing import Any, Protocol, Sequence
 
 from redis import Redis
 
-BATCH_TTL = 7 * 24 * 3600
+from .keys import BATCH_TTL, batch_counted_key, batch_key, pending_key
 
 
 def new_batch_id() -> str:
@@ -48,15 +48,15 @@ return 1
 
 
 class RedisBatchStore:
-    """Batches as Redis hashes ``sag:batch:<id>`` (with the set ``sag:batch:<id>:counted`` of the jobs already
-    counted); claims as keys ``sag:pending:<project>:<task>``."""
+    """Batches as Redis hashes (:func:`~backend.keys.batch_key`, with the set :func:`~backend.keys.batch_counted_key`
+    of the jobs already counted); claims as keys :func:`~backend.keys.pending_key`."""
 
     def __init__(self, redis: Redis):
         self.redis = redis
         self._record = redis.register_script(_RECORD)
 
     def create(self, batch_id: str, total: int, project_id: int | None, jobs: int) -> None:
-        key = f"sag:batch:{batch_id}"
+        key = batch_key(batch_id)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"total": total, "done": 0, "failed": 0, "jobs": jobs,
                                     "project": project_id if project_id is not None else "",
@@ -67,12 +67,11 @@ class RedisBatchStore:
     def record(self, batch_id: str, done: int, failed: int, key: str | None = None) -> dict[str, Any]:
         """Add a job's ``done`` and ``failed`` task counts to the batch, once per ``key`` (the job id) when given;
         returns the batch's progress ({} for an unknown batch)."""
-        batch_key = f"sag:batch:{batch_id}"
-        self._record(keys=[batch_key, f"{batch_key}:counted"], args=[key or "", done, failed, BATCH_TTL])
+        self._record(keys=[batch_key(batch_id), batch_counted_key(batch_id)], args=[key or "", done, failed, BATCH_TTL])
         return self.get(batch_id) or {}
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(f"sag:batch:{batch_id}")
+        raw = self.redis.hgetall(batch_key(batch_id))
         if not raw:
             return None
         data = {k.decode(): v.decode() for k, v in raw.items()}
@@ -87,12 +86,12 @@ class RedisBatchStore:
     def claim(self, project_id: int, task_ids: Sequence[int], ttl: int) -> list[bool]:
         with self.redis.pipeline() as pipe:
             for task_id in task_ids:
-                pipe.set(f"sag:pending:{project_id}:{task_id}", 1, nx=True, ex=ttl)
+                pipe.set(pending_key(project_id, task_id), 1, nx=True, ex=ttl)
             return [bool(ok) for ok in pipe.execute()]
 
     def release(self, project_id: int, task_ids: Sequence[int]) -> None:
         if task_ids:
-            self.redis.delete(*[f"sag:pending:{project_id}:{t}" for t in task_ids])
+            self.redis.delete(*[pending_key(project_id, t) for t in task_ids])
 
 
 class MemoryBatchStore:

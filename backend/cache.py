@@ -1,6 +1,9 @@
-"""The entity cache: each image's SaG image side, keyed by (image content hash, model version), bounded in bytes.
+"""Caches bounded in bytes: one thread-safe LRU (:class:`LRUCache`), used for the entity cache of inference
+(:class:`EntityCache`: each image's SaG image side, keyed by (image content hash, model version)) and for the image
+bytes a training job reads once per epoch (:mod:`backend.training_jobs`).
 
-A cache entry is a pure function of its key, so keeping it per process is safe: a new model version simply misses.
+An entity cache entry is a pure function of its key, so keeping it per process is safe: a new model version simply
+misses.
 """
 
 from __future__ import annotations
@@ -8,8 +11,68 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
 
 from sag import ImageEntities
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """A thread-safe least-recently-used map holding values of at most ``max_bytes`` in all, each weighing
+    ``size(value)`` bytes. A value heavier than the whole budget is not kept."""
+
+    def __init__(self, max_bytes: int, size: Callable[[V], int]):
+        self.max_bytes = max_bytes
+        self._size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, key: K, value: V) -> None:
+        weight = self._size(value)
+        if weight > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= self._size(old)
+            self._items[key] = value
+            self._bytes += weight
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= self._size(evicted)
+
+    def get_or_load(self, key: K, load: Callable[[K], V]) -> V:
+        """The cached value, else ``load(key)``, kept. ``load`` runs outside the lock: a slow one (a download) holds
+        no other caller up."""
+        value = self.get(key)
+        if value is None:
+            value = load(key)
+            self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._items), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
 
 
 @dataclass(frozen=True)
@@ -23,46 +86,8 @@ class CachedImage:
         return e.entities.element_size() * e.entities.nelement() + e.slot_attn.element_size() * e.slot_attn.nelement()
 
 
-class EntityCache:
-    """A thread-safe LRU of :class:`CachedImage` holding at most ``max_bytes`` of tensors."""
+class EntityCache(LRUCache[tuple[str, str], CachedImage]):
+    """:class:`CachedImage` by (image content hash, model version), at most ``max_bytes`` of tensors."""
 
     def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str], CachedImage] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, image_hash: str, version: str) -> CachedImage | None:
-        with self._lock:
-            item = self._items.get((image_hash, version))
-            if item is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end((image_hash, version))
-            self.hits += 1
-            return item
-
-    def put(self, image_hash: str, version: str, item: CachedImage) -> None:
-        if item.nbytes > self.max_bytes:
-            return
-        key = (image_hash, version)
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._items[key] = item
-            self._bytes += item.nbytes
-            while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= evicted.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
-
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"entries": len(self._items), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+        super().__init__(max_bytes, size=lambda item: item.nbytes)

@@ -20,8 +20,10 @@ from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 from rq.results import Result
 
+from .exceptions import last_line
 from .jobs import PredictJob, on_predict_job_failure, run_predict_job
-from .settings import INFERENCE_QUEUE, Settings
+from .keys import INFERENCE_QUEUE, PREDICT_FAILURE_TTL, PREDICT_RESULT_TTL
+from .settings import Settings
 from .worker import live_workers
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ Answers = list[dict[str, Any]]
 DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 RESULT_BLOCK_S = 1.0  # longest single block on a job's result stream
 LIVE_CHECK_S = 2.0  # how often a wait for a queued job checks that some worker is still alive to run it
-NO_WORKER = "no sag-worker is running for the sag:inference queue; start one with `sag-worker`"
+NO_WORKER = f"no sag-worker is running for the {INFERENCE_QUEUE} queue; start one with `sag-worker`"
 
 
 class Outcome:
@@ -63,8 +65,8 @@ class RQDispatcher:
             self.queue.enqueue(
                 run_predict_job, job,
                 job_timeout=self.settings.job_timeout,
-                result_ttl=3600,
-                failure_ttl=7 * 24 * 3600,
+                result_ttl=PREDICT_RESULT_TTL,
+                failure_ttl=PREDICT_FAILURE_TTL,
                 retry=Retry(max=2),
                 on_failure=Callback(on_predict_job_failure),
                 at_front=urgent,
@@ -96,7 +98,7 @@ class RQDispatcher:
                         return Outcome(answers=result.return_value)
                     if result.type != Result.Type.RETRIED:  # failed for good, or stopped
                         ended = "was stopped" if result.type == Result.Type.STOPPED else "failed"
-                        return Outcome(error=f"the prediction job {ended}: {_last_line(result.exc_string)}")
+                        return Outcome(error=f"the prediction job {ended}: {last_line(result.exc_string)}")
             if not response:
                 status = job.get_status(refresh=True)
                 if status == JobStatus.FINISHED:  # finished, but its result entry already expired
@@ -104,7 +106,7 @@ class RQDispatcher:
                 if status in DONE:
                     latest = job.latest_result()
                     return Outcome(error=f"the prediction job {status.value}: "
-                                         f"{_last_line(latest.exc_string if latest else None)}")
+                                         f"{last_line(latest.exc_string if latest else None)}")
                 if status in (JobStatus.QUEUED, JobStatus.STARTED) and time.monotonic() >= next_check:
                     # Every worker died meanwhile: nobody will run the job (nor requeue it from a dead worker: that
                     # takes a live one's maintenance pass), so answer now rather than at SAG_PREDICT_TIMEOUT.
@@ -125,12 +127,6 @@ class RQDispatcher:
     def stats(self) -> dict[str, Any]:
         return {"mode": "redis", "queue": INFERENCE_QUEUE, "queued": self.queue.count, "workers": self.workers(),
                 "started": self.queue.started_job_registry.count, "failed": self.queue.failed_job_registry.count}
-
-
-def _last_line(text: str | None) -> str:
-    """The last line of a traceback: the exception and its message."""
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no details"
 
 
 class EmbeddedDispatcher:

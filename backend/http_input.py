@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .exceptions import BadRequest
+
 # The largest request body read (a bigger one is answered 413). A /predict of hundreds of tasks with their
 # annotations' brush RLEs stays well below it.
 MAX_BODY_BYTES = 64 * 2**20
@@ -25,10 +27,6 @@ _STEP = np.zeros(256, dtype=np.int8)
 _STEP[[ord("["), ord("{")]] = 1
 _STEP[[ord("]"), ord("}")]] = -1
 _CHUNK = 1 << 20
-
-
-class BadRequest(ValueError):
-    """A malformed request; answered with 400 and this message."""
 
 
 def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:

@@ -32,7 +32,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 from urllib3.util import connection as urllib3_connection
 
-from .ls_client import LabelStudioClient, LabelStudioError
+from .exceptions import BlockedAddressError, ImageError, LabelStudioError
+from .ls_client import LabelStudioClient
 from .settings import AllowedDestination, Settings, parse_allowed_hosts
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,6 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class ImageError(Exception):
-    """A task's image cannot be used; the message says why (and never contains credentials)."""
-
-
-class BlockedAddressError(ConnectionError):
-    """A connection to a non-public destination was refused by the policy, or could not be made (callers cannot
-    tell which, on purpose)."""
 
 
 def display_url(url: str) -> str:

@@ -1,4 +1,10 @@
-"""The inference job: what is queued, and the function a worker (or the embedded runner) executes."""
+"""The inference job: what is queued, and the function a worker (or the embedded runner) executes.
+
+RQ stores a job as the dotted names of its function and callback (``backend.jobs.run_predict_job``,
+``backend.jobs.on_predict_job_failure``) and its pickled :class:`PredictJob` (with ``backend.predictor``'s
+:class:`~backend.predictor.TaskInput` and :class:`~backend.predictor.OutputSpec`): they keep these names, so jobs
+queued before an upgrade still run after it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import get_current_job
 
+from .keys import WORKER_STATS_PATTERN, WORKER_STATS_TTL, worker_stats_key
 from .predictor import OutputSpec, TaskInput
+from .results import prediction_records
 from .runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -51,10 +59,7 @@ def run_predict_job(job: PredictJob) -> list[dict[str, Any]]:
     rq_job = get_current_job()
     answers = runtime.predictor.predict(job.tasks, job.spec)
     if job.write_back and job.project_id is not None:
-        predictions = [
-            {"task": task.task_id, "result": a["result"], "score": a["score"], "model_version": a["model_version"]}
-            for task, a in zip(job.tasks, answers) if "result" in a
-        ]
+        predictions = prediction_records([task.task_id for task in job.tasks], answers)
         if runtime.label_studio is None:
             raise RuntimeError("bulk job cannot write back: LABEL_STUDIO_URL is not set on this worker")
         runtime.label_studio.import_predictions_once(job.project_id, predictions)
@@ -115,23 +120,19 @@ def on_predict_job_failure(job: Any, connection: Any, exc_type: Any, exc_value: 
         runtime.batches.release(payload.project_id, [t.task_id for t in payload.tasks if t.task_id is not None])
 
 
-WORKER_STATS_TTL = 3600
-
-
 def _publish_stats(runtime: Runtime) -> None:
     """Under RQ, share this worker's counters (model loads, images encoded, cache hits) for /metrics."""
     job = get_current_job()
     if job is None or runtime.redis is None:
         return
     name = job.worker_name or f"pid-{os.getpid()}"
-    key = f"sag:worker-stats:{name}"
-    runtime.redis.set(key, json.dumps({"worker": name, "pid": os.getpid(), **runtime.predictor.stats()}),
-                      ex=WORKER_STATS_TTL)
+    stats = {"worker": name, "pid": os.getpid(), **runtime.predictor.stats()}
+    runtime.redis.set(worker_stats_key(name), json.dumps(stats), ex=WORKER_STATS_TTL)
 
 
 def worker_stats(runtime: Runtime) -> list[dict[str, Any]]:
     """The counters every live worker published (see :func:`_publish_stats`)."""
     if runtime.redis is None:
         return []
-    keys = sorted(runtime.redis.scan_iter(match="sag:worker-stats:*", count=100))
+    keys = sorted(runtime.redis.scan_iter(match=WORKER_STATS_PATTERN, count=100))
     return [json.loads(raw) for raw in runtime.redis.mget(keys) if raw] if keys else []

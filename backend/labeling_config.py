@@ -17,9 +17,7 @@ from xml.etree.ElementTree import Element
 
 from defusedxml import ElementTree
 
-
-class LabelConfigError(ValueError):
-    """The labelling config cannot be served; the message says what is missing."""
+from .exceptions import LabelConfigError
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,9 @@ from urllib.parse import urlsplit
 import requests
 
 from . import redact
+from .exceptions import LabelStudioError
 
 log = logging.getLogger(__name__)
-
-
-class LabelStudioError(RuntimeError):
-    """A Label Studio API call failed; the message has the URL path and status, never the credentials."""
 
 
 def _jwt_claims(token: str) -> dict[str, Any] | None:

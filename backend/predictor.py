@@ -18,7 +18,8 @@ from sag import ImageEntities, SaG, autocast, resolve_device
 from training.registry import Registry
 
 from .cache import CachedImage, EntityCache
-from .images import ImageError, ImageFetcher, decode_image
+from .exceptions import ImageError
+from .images import ImageFetcher, decode_image
 from .presets import build_initial_model
 from .results import brush_region, polygon_regions
 from .settings import Settings
@@ -166,7 +167,7 @@ class Predictor:
                 item.error = _describe(data)
                 continue
             digest = hashlib.sha256(data).hexdigest()
-            cached = self.cache.get(digest, model.version)
+            cached = self.cache.get((digest, model.version))
             if cached is not None:
                 item.image = cached
                 continue
@@ -198,7 +199,7 @@ class Predictor:
                         same.error = f"the model failed on this image ({type(result).__name__}: {result})"
                     continue
                 self.counters.images_encoded += 1
-                self.cache.put(digest, model.version, result)
+                self.cache.put((digest, model.version), result)
                 for same in seen[digest]:
                     same.image = result
 

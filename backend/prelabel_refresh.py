@@ -2,8 +2,8 @@
 
 "Untouched" means no annotation (submitted, skipped or cancelled) and no draft: once a person has worked on a task
 its predictions are left alone. Tasks that never had a prediction are left to Label Studio's own "Retrieve
-predictions". The new predictions go through the ordinary /predict path (:meth:`backend.model.SaGModel.predict`), so
-they are written by the same code, with the new ``model_version``.
+predictions". The new predictions go through the same path as ``/predict``
+(:class:`backend.predictions.PredictionService`), so they are built by the same code, with the new ``model_version``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from .predictions import PredictionService
+from .results import prediction_records
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -27,27 +29,23 @@ def stale_tasks(tasks: list[dict[str, Any]], predictions: list[dict[str, Any]], 
             and not t.get("annotations") and not t.get("drafts")]
 
 
-def refresh_prelabels(runtime: Runtime, dispatcher: Any, project_id: int, label_config: str,
+def refresh_prelabels(runtime: Runtime, predictions: PredictionService | None, project_id: int, label_config: str,
                       tasks: list[dict[str, Any]], version: str) -> dict[str, Any]:
     """Re-predict the stale tasks of ``project_id`` with the serving ``version``; returns what was done."""
-    from .model import SaGModel
-
     ls = runtime.label_studio
-    if ls is None or dispatcher is None:
+    if ls is None or predictions is None:
         return {"tasks": 0, "detail": "no Label Studio client or inference dispatcher here; nothing refreshed"}
     stale = stale_tasks(tasks, ls.predictions(project_id), version)
     if not stale:
         return {"tasks": 0}
-    model = SaGModel(runtime, dispatcher, project_id, label_config)
-    answer = model.predict([{"id": t["id"], "data": t["data"]} for t in stale])
+    answer = predictions.predict([{"id": t["id"], "data": t["data"]} for t in stale], label_config, project_id)
     if "job" in answer:  # a big refresh: the inference workers write the predictions back themselves
         log.info("pre-label refresh of project %s: %d tasks queued as batch %s", project_id, len(stale),
                  answer["job"]["id"])
         return {"tasks": len(stale), "batch": answer["job"]}
-    predictions = [{"task": t["id"], "result": a["result"], "score": a["score"], "model_version": a["model_version"]}
-                   for t, a in zip(stale, answer["results"]) if isinstance(a, dict) and "result" in a]
-    written = ls.import_predictions_once(project_id, predictions)  # a retried job leaves one copy per task
+    records = prediction_records([t["id"] for t in stale], answer["results"])
+    written = ls.import_predictions_once(project_id, records)  # a retried job leaves one copy per task
     stored = written["stored"] + written["skipped"]
     log.info("pre-label refresh of project %s: %d of %d stale tasks re-predicted with %s", project_id, stored,
              len(stale), version)
-    return {"tasks": len(stale), "stored": stored, "failed": len(stale) - len(predictions)}
+    return {"tasks": len(stale), "stored": stored, "failed": len(stale) - len(records)}

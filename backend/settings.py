@@ -10,12 +10,7 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
-INFERENCE_QUEUE = "sag:inference"
-TRAINING_QUEUE = "sag:training"
-
-
-class SettingsError(ValueError):
-    """A setting has a value the backend cannot use; the message names the variable."""
+from .exceptions import SettingsError
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

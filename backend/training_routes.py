@@ -11,36 +11,33 @@ They sit behind the same basic auth as the rest of the backend (BASIC_AUTH_USER 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from training.registry import RegistryError
 
-from .http_input import BadRequest, json_type, parse_json_object
+from .exceptions import BadRequest
+from .http_input import json_type, parse_json_object
 from .runtime import Runtime
-from .training_jobs import training_service
+from .training_service import TrainingService
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("created_at", "parent", "preset", "trained", "trained_on", "metrics", "promotion", "label_studio")
 
 
-def training_blueprint(runtime: Runtime, dispatcher: Any) -> Blueprint:
-    """The routes above, bound to this process's runtime and inference dispatcher."""
+def training_blueprint(runtime: Runtime, training: TrainingService) -> Blueprint:
+    """The routes above, bound to this process's runtime and training service."""
     bp = Blueprint("training", __name__)
-
-    def service():  # type: ignore[no-untyped-def]
-        return training_service(runtime, dispatcher)
 
     @bp.post("/training/<int:project_id>")
     def start(project_id: int) -> tuple[Response, int]:
-        answer = service().submit(project_id, "api")
+        answer = training.submit(project_id, "api")
         return jsonify(answer), 202 if answer["status"] == "queued" else 200
 
     @bp.get("/training/<int:project_id>")
     def latest(project_id: int) -> tuple[Response, int]:
-        info = service().latest(project_id)
+        info = training.latest(project_id)
         if info is None:
             return jsonify(error=f"no training job for project {project_id}"), 404
         return jsonify(info), 200
@@ -75,8 +72,3 @@ def training_blueprint(runtime: Runtime, dispatcher: Any) -> Blueprint:
         return jsonify(current=served.id), 200
 
     return bp
-
-
-def training_job_status(runtime: Runtime, dispatcher: Any, job_id: str) -> dict[str, Any] | None:
-    """A training job by id (for ``/jobs/<id>``), or None."""
-    return training_service(runtime, dispatcher).get(job_id)

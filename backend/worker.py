@@ -31,15 +31,16 @@ from rq.utils import utcparse
 from rq.worker import WorkerStatus
 
 from . import redact
+from .exceptions import SettingsError
+from .keys import INFERENCE_QUEUE, LIVENESS_FIELD, TRAINING_QUEUE
 from .logs import configure_logging
 from .runtime import Runtime, set_runtime
-from .settings import INFERENCE_QUEUE, TRAINING_QUEUE, Settings, SettingsError
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 QUEUES = {"inference": INFERENCE_QUEUE, "training": TRAINING_QUEUE}
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)  # BusyLoadingError (Redis reloading its data) is one too
-LIVENESS_FIELD = "sag_live_for"  # in the worker's RQ hash: seconds after its last heartbeat it counts as dead
 
 
 def idle_heartbeat_interval(beat: int) -> int:

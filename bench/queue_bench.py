@@ -44,7 +44,7 @@ from PIL import Image
 from rq import Queue, Worker
 
 from backend.presets import build_initial_model
-from backend.settings import INFERENCE_QUEUE
+from backend.keys import INFERENCE_QUEUE
 from sag import SaG
 from training.registry import Registry
 

@@ -246,7 +246,7 @@ def start_workers(redis_url: str, registry_dir: Path) -> Iterator[Callable[..., 
         import redis
         from rq import Worker
 
-        from backend.settings import INFERENCE_QUEUE
+        from backend.keys import INFERENCE_QUEUE
 
         environment = {**os.environ, "REDIS_URL": redis_url, "SAG_MODEL_DIR": str(model_dir or registry_dir),
                        "SAG_DEVICE": "cpu", "SAG_WORKER_HEARTBEAT": "1", "HF_HUB_OFFLINE": "1",

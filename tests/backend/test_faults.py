@@ -25,10 +25,12 @@ from rq.job import Job, JobStatus
 from backend.app import create_app
 from backend.batches import RedisBatchStore
 from backend.dispatch import NO_WORKER, RQDispatcher
+from backend.exceptions import LabelStudioError
 from backend.jobs import PredictJob
-from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.keys import INFERENCE_QUEUE
+from backend.ls_client import LabelStudioClient
 from backend.predictor import OutputSpec, TaskInput
-from backend.settings import INFERENCE_QUEUE, Settings
+from backend.settings import Settings
 from backend.worker import live_workers, liveness_window
 from training.registry import Registry
 

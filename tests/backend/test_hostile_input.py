@@ -29,11 +29,13 @@ from rq.results import Result
 from backend import http_input, redact
 from backend.app import create_app
 from backend.dispatch import EmbeddedDispatcher
+from backend.exceptions import LabelConfigError, LabelStudioError
 from backend.http_input import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_too_deep
-from backend.labeling_config import LabelConfigError, parse_labeling_config
+from backend.keys import TRAINING_QUEUE
+from backend.labeling_config import parse_labeling_config
 from backend.logs import RedactSecrets
-from backend.ls_client import LabelStudioClient, LabelStudioError
-from backend.settings import TRAINING_QUEUE, Settings
+from backend.ls_client import LabelStudioClient
+from backend.settings import Settings
 from sag import SaG, tiny_config
 from training.registry import Registry
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.images import ImageError, ImageFetcher, decode_image
+from backend.exceptions import ImageError
+from backend.images import ImageFetcher, decode_image
 from backend.ls_client import LabelStudioClient
 from backend.settings import Settings
 

@@ -19,9 +19,10 @@ import pytest
 
 from backend.app import create_app
 from backend.dispatch import EmbeddedDispatcher
-from backend.images import AddressPolicy, ImageError, ImageFetcher
+from backend.exceptions import ImageError, SettingsError
+from backend.images import AddressPolicy, ImageFetcher
 from backend.ls_client import LabelStudioClient
-from backend.settings import Settings, SettingsError, parse_allowed_hosts
+from backend.settings import Settings, parse_allowed_hosts
 
 from .conftest import LABEL_CONFIG, png_bytes
 

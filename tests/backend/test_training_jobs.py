@@ -25,7 +25,8 @@ from PIL import Image
 from rq import Queue, Worker
 
 from backend.app import create_app
-from backend.settings import TRAINING_QUEUE, Settings
+from backend.keys import TRAINING_QUEUE
+from backend.settings import Settings
 from sag import SaG
 from training.registry import Registry, RegistryError
 
@@ -319,7 +320,7 @@ def test_embedded_mode_trains_in_the_backend_and_refreshes_untouched_prelabels(m
 
 
 def test_training_settings_name_the_variable_that_is_wrong():
-    from backend.settings import SettingsError
+    from backend.exceptions import SettingsError
 
     s = Settings.from_env({"SAG_FINETUNE_STEPS": "50", "SAG_PROMOTE_TOLERANCE": "0", "SAG_TRAIN_INTERVAL": "600",
                            "SAG_TRAIN_EVERY_N_ANNOTATIONS": "10", "SAG_REFRESH_PRELABELS": "yes"})

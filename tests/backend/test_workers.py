@@ -16,8 +16,9 @@ from rq.job import Job, JobStatus
 from backend.app import create_app
 from backend.dispatch import RQDispatcher
 from backend.jobs import PredictJob
+from backend.keys import INFERENCE_QUEUE
 from backend.predictor import OutputSpec, TaskInput
-from backend.settings import INFERENCE_QUEUE, Settings
+from backend.settings import Settings
 from sag import SaG, tiny_config
 from training.registry import Registry
 

@@ -1,5 +1,5 @@
-"""The HTTP protocol in embedded mode (no Redis): real photos through /predict, errors per task, bulk write-back,
-version switches, basic auth and secrets."""
+"""backend/app.py: the HTTP protocol in embedded mode (no Redis): real photos through /predict, errors per task,
+bulk write-back, version switches, basic auth and secrets."""
 
 from __future__ import annotations
 

@@ -1,0 +1,58 @@
+"""Every exception type of the backend, and how a stored traceback is summed up in one line.
+
+Messages are written for the person who reads them (an annotator in Label Studio, an admin in the log): they say
+what is wrong and what to set, and never carry credentials. Errors from below are raised by ``training``
+(:class:`training.registry.RegistryError`, :class:`training.finetune.FinetuneError`) and are not repeated here.
+"""
+
+from __future__ import annotations
+
+from training.settings import SettingsError as _TrainingSettingsError
+
+
+# ---- requests and configuration -------------------------------------------------------------------------------------
+class BadRequest(ValueError):
+    """A malformed request; answered with 400 and this message."""
+
+
+class SettingsError(_TrainingSettingsError):
+    """A setting has a value the backend cannot use; the message names the variable. The same kind of error as
+    training's (``except training.settings.SettingsError`` catches both), raised for the backend's variables."""
+
+
+class LabelConfigError(ValueError):
+    """The labelling config cannot be served; the message says what is missing."""
+
+
+class TaskRejected(ValueError):
+    """A task that cannot be predicted; the message is returned for that task."""
+
+
+# ---- images and Label Studio ----------------------------------------------------------------------------------------
+class ImageError(Exception):
+    """A task's image cannot be used; the message says why (and never contains credentials)."""
+
+
+class BlockedAddressError(ConnectionError):
+    """A connection to a non-public destination was refused by the policy, or could not be made (callers cannot
+    tell which, on purpose)."""
+
+
+class LabelStudioError(RuntimeError):
+    """A Label Studio API call failed; the message has the URL path and status, never the credentials."""
+
+
+# ---- jobs -----------------------------------------------------------------------------------------------------------
+class TrainingError(RuntimeError):
+    """A training job cannot run as configured; the message says what to set."""
+
+
+class JobFailed(RuntimeError):
+    """A job's exception whose message or traceback held a secret, re-raised as ``"<type>: <scrubbed message>"``
+    so that what RQ stores in Redis (the job's exc_info, its result stream) holds no secret."""
+
+
+def last_line(traceback_text: str | None, default: str = "no details") -> str:
+    """The last non-blank line of a traceback (the exception and its message), or ``default`` when there is none."""
+    lines = [line for line in (traceback_text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else default

@@ -1,0 +1,198 @@
+"""The one-way rule, checked on the source: ``backend -> training -> sag``, and no import circle inside a package.
+
+Every ``import`` statement of ``backend/``, ``training/`` and ``sag/`` counts, wherever it stands (module level,
+inside a function, under ``if TYPE_CHECKING``), absolute (``backend.x``, ``training.x``, ``sag.x``) or relative
+(``from .x import y``, ``from . import x``, ``from ..base import y``). An import names the deepest module it reaches:
+``from training.datasets import label_studio`` is an edge to ``training.datasets.label_studio``, ``from sag import
+SaG`` one to ``sag`` (its ``__init__``).
+
+- An import that points up (``sag`` -> ``training`` or ``backend``, ``training`` -> ``backend``) fails.
+- A circle between modules of one package fails, unless it is exactly one of ``KNOWN_CYCLES``; an entry that no
+  longer matches a circle fails too, so the list only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("sag", "training", "backend")  # lowest first: a package may import only those before it
+
+# Circles that exist today outside backend/, each the exact set of modules of one strongly connected component.
+# To be removed by the sag/training half of the clean-up.
+KNOWN_CYCLES: set[frozenset[str]] = {
+    frozenset({"sag.model", "sag.checkpoint"}),  # to be removed by the sag/training half of the clean-up
+}
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the three packages (a package is its ``__init__``)."""
+    found = {}
+    for package in LAYERS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> dict[str, int]:
+    """The modules of the three packages that ``name`` imports, each with the line of its first import."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: dict[str, int] = {}
+
+    def add(target: str, line: int) -> None:
+        while target and target not in modules:  # ``a.b.SomeClass`` -> ``a.b``
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            found.setdefault(target, line)
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name, node.lineno)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}"
+                add(submodule if submodule in modules else source, node.lineno)
+    return found
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """Module -> {imported module: line}, over ``sag``, ``training`` and ``backend``."""
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def upward_imports(graph: dict[str, dict[str, int]]) -> list[str]:
+    """Every import from a lower package into a higher one, as ``file:line: a imports b``."""
+    rank = {package: i for i, package in enumerate(LAYERS)}
+    modules = _modules()
+    return [f"{modules[source].relative_to(ROOT)}:{line}: {source} imports {target}, but {_package(source)} must "
+            f"not import {_package(target)}"
+            for source, targets in sorted(graph.items()) for target, line in sorted(targets.items())
+            if rank[_package(target)] > rank[_package(source)]]
+
+
+def package_cycles(graph: dict[str, dict[str, int]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module among imports inside each package (Tarjan)."""
+    inside = {m: [t for t in targets if _package(t) == _package(m)] for m, targets in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[frozenset[str]] = []
+
+    def visit(start: str) -> None:  # iterative, so a deep graph cannot hit the recursion limit
+        work = [(start, iter(inside[start]))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(inside[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(frozenset(component))
+
+    for module in sorted(inside):
+        if module not in index:
+            visit(module)
+    return components
+
+
+def describe_cycle(component: frozenset[str], graph: dict[str, dict[str, int]]) -> str:
+    """One circle through ``component`` (``a -> b -> a``, with the line of each import) and its members."""
+    modules = _modules()
+    start = min(component)
+    path, seen = [start], {start}
+    # Walk inside the component until a module repeats: in a strongly connected component there is always a way on.
+    while True:
+        here = path[-1]
+        step = sorted(t for t in graph[here] if t in component)
+        nxt = next((t for t in step if t == start), None) or next((t for t in step if t not in seen), step[0])
+        path.append(nxt)
+        if nxt in seen:
+            break
+        seen.add(nxt)
+    loop = path[path.index(path[-1]):]
+    hops = " -> ".join(f"{a} ({modules[a].relative_to(ROOT)}:{graph[a][b]})" for a, b in zip(loop, loop[1:]))
+    return f"{hops} -> {loop[-1]}; the circle's modules: {', '.join(sorted(component))}"
+
+
+def test_imports_point_down_only():
+    violations = upward_imports(import_graph())
+    assert not violations, "imports that point up (backend -> training -> sag only):\n  " + "\n  ".join(violations)
+
+
+def test_no_import_cycle_inside_a_package():
+    graph = import_graph()
+    new = [c for c in package_cycles(graph) if c not in KNOWN_CYCLES]
+    assert not new, ("import circles inside a package (break each one; KNOWN_CYCLES is for the listed old ones "
+                     "only):\n  " + "\n  ".join(describe_cycle(c, graph) for c in sorted(new, key=sorted)))
+
+
+def test_known_cycles_still_exist():
+    """A circle that has been broken must leave KNOWN_CYCLES, so that it cannot come back unnoticed."""
+    stale = KNOWN_CYCLES - set(package_cycles(import_graph()))
+    assert not stale, ("KNOWN_CYCLES lists circles that are gone (or have changed): remove them from "
+                       "tests/test_architecture.py:\n  " + "\n  ".join(", ".join(sorted(c)) for c in stale))
+
+
+def test_the_checker_sees_every_kind_of_import(tmp_path, monkeypatch):
+    """The scanner itself: relative, absolute, inside functions, ``from package import module``, and upward ones."""
+    files = {
+        "sag/__init__.py": "from .a import A\n",
+        "sag/a.py": "def f():\n    from . import b\nA = 1\n",
+        "sag/b.py": "from sag.a import A\n",
+        "training/__init__.py": "",
+        "training/datasets/__init__.py": "",
+        "training/datasets/x.py": "from ..y import Y\n",
+        "training/y.py": "import training.datasets.x\nY = 1\n",
+        "backend/__init__.py": "",
+        "backend/c.py": "import sag\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "sag" / "d.py").write_text("from backend import c\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    graph = import_graph()
+    assert graph["sag.a"] == {"sag.b": 2} and graph["sag.b"] == {"sag.a": 1}
+    assert graph["training.datasets.x"] == {"training.y": 1}
+    assert graph["backend.c"] == {"sag": 1}
+    assert set(package_cycles(graph)) == {frozenset({"sag.a", "sag.b"}),
+                                         frozenset({"training.y", "training.datasets.x"})}
+    assert upward_imports(graph) == ["sag/d.py:1: sag.d imports backend.c, but sag must not import backend"]
+    assert describe_cycle(frozenset({"sag.a", "sag.b"}), graph) == (
+        "sag.a (sag/a.py:2) -> sag.b (sag/b.py:1) -> sag.a; the circle's modules: sag.a, sag.b")
