@@ -17,6 +17,21 @@ class SaGConfig:
 
     Defaults follow the paper (Sec. 4.1, Table 4a) and the authors' code where the paper is silent
     (see ``shared/research/sag-official-code.md``).
+
+    Notes on fields that differ from, or are easy to misread against, the authors' code:
+
+    * ``max_text_tokens``: texts are truncated to this many tokens, [CLS] and [SEP] included. The limit is ours: the
+      authors' code does not truncate. 64 word pieces is well above typical referring expressions; batches are padded
+      to their longest text, so raising it (up to the text backbone's ``max_position_embeddings``, 512 for BERT)
+      costs nothing for short texts. Only the tiny test BERT sizes its position table from it.
+    * ``slot_type``: ``entity`` slots are mu + exp(logvar / 2) * eps with logvar initialised near ln(1/D) (noise norm
+      ~1); ``random`` slots are mu + exp(log_sigma) * eps with log_sigma a log-*std* initialised near 0 (noise std ~1
+      per dimension), and ``query`` slots start as randn(K, D): all three as the authors' ``Queries``
+      (see :class:`sag.entity.EntitySlots`).
+    * ``dropout`` acts where the authors' does (attention output projections and MLPs).
+      ``interaction_attn_dropout`` additionally drops attention *weights* in the slot-interaction block in training;
+      the authors only have that under ``--agg_more_dropout``, which no shipped script sets, so it defaults to 0.
+      (Before it was a field, the project applied ``dropout`` there.)
     """
 
     # Backbones. ``image_backbone`` is a name in ``sag.image_encoder.IMAGE_ENCODERS``; ``text_backbone`` is a
@@ -37,6 +52,8 @@ class SaGConfig:
     head_dim: int = 256
     mlp_ratio: float = 4.0
     dropout: float = 0.1
+    # Dropout on the interaction block's attention weights in training (off, as the authors'; see the docstring).
+    interaction_attn_dropout: float = 0.0
     # Self-attention among slots of one Gaussian (official code: 4 heads x 128).
     interaction_heads: int = 4
     interaction_head_dim: int = 128
@@ -64,6 +81,10 @@ class SaGConfig:
 
     # Inference.
     threshold: float = 0.5
+    # Edge-aware refinement of the upsampled soft map before the threshold (sag/refine.py): "none" (the paper's
+    # bilinear map), "guided" (colour guided filter) or "slic" (superpixel pooling). SaG.segment applies it when
+    # given the images; the backend's SAG_MASK_REFINE and sag-eval's --refine override it.
+    mask_refine: str = "none"
 
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -78,8 +99,14 @@ class SaGConfig:
             raise ValueError(f"embed_dim must be divisible by 4 (2-D sine position encoding), got {self.embed_dim}")
         if self.position_temperature <= 1.0:
             raise ValueError(f"position_temperature must be > 1, got {self.position_temperature}")
+        if not 0.0 <= self.interaction_attn_dropout < 1.0:
+            raise ValueError(f"interaction_attn_dropout must lie in [0, 1), got {self.interaction_attn_dropout}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+        from .refine import REFINE_METHODS
+
+        if self.mask_refine not in REFINE_METHODS:
+            raise ValueError(f"mask_refine must be one of {REFINE_METHODS}, got {self.mask_refine!r}")
 
     @property
     def num_slots(self) -> int:

@@ -22,14 +22,22 @@ from .position import sine_position_encoding_2d
 
 
 class EntitySlots(nn.Module):
-    """Initial slots S^0 (B, K, D) for the three slot types of the paper's Table 3.
+    """Initial slots S^0 (B, K, D) for the three slot types of the paper's Table 3, parameterised as the authors'
+    ``Queries`` (model/attention.py of kdwonn/SaG):
 
-    * ``entity``: K_s samples from each of K_g Gaussians, consecutive slots share a Gaussian;
-    * ``random``: all K slots sampled from one Gaussian;
-    * ``query``: K learned embeddings, no sampling.
+    * ``entity``: K_s samples from each of K_g Gaussians, consecutive slots share a Gaussian. Parameters ``mu`` and
+      ``logvar`` (K_g, D): s = mu + exp(logvar / 2) * eps. Initialised xavier-uniform, logvar shifted by ln(1/D), so
+      the noise std per dimension is ~1/sqrt(D) and its norm ~1.
+    * ``random``: all K slots sampled from one Gaussian. Parameters ``mu`` and ``log_sigma`` (1, D), a log-*std*:
+      s = mu + exp(log_sigma) * eps. Both xavier-uniform on the authors' (1, 1, D) tensor, i.e. U(+-sqrt(3/D)), with
+      no ln(1/D) shift (that shift is for entity slots only), so the noise std per dimension is ~1.
+    * ``query``: K learned embeddings ``query`` (K, D), initialised randn (std 1), no sampling.
 
     In training the noise is fresh every call. In eval mode a fixed, seeded noise buffer (saved with the checkpoint)
     is used, so inference is deterministic; the authors' code resamples it at test time.
+
+    Checkpoints written before random slots were a log-std hold ``logvar`` for them; loading converts it
+    (log_sigma = logvar / 2 gives the same std), so they keep behaving as trained.
     """
 
     def __init__(self, config: SaGConfig):
@@ -39,22 +47,41 @@ class EntitySlots(nn.Module):
         self.samples = config.samples_per_gaussian
         dim = config.embed_dim
         if self.slot_type == "query":
-            self.query = nn.Parameter(torch.randn(self.num_slots, dim) * dim**-0.5)
-        else:
-            gaussians = config.num_gaussians if self.slot_type == "entity" else 1
-            # Initial std ~ 1/sqrt(D), so the noise has norm ~1 (as in the authors' code).
+            self.query = nn.Parameter(torch.randn(self.num_slots, dim))
+        elif self.slot_type == "entity":
+            gaussians = config.num_gaussians
+            # xavier-uniform of the authors' (1, K_g, D) tensor: fan_in = K_g * D, fan_out = D.
             bound = math.sqrt(6.0 / (gaussians * dim + dim))
             self.mu = nn.Parameter(torch.empty(gaussians, dim).uniform_(-bound, bound))
             self.logvar = nn.Parameter(torch.empty(gaussians, dim).uniform_(-bound, bound) + math.log(1.0 / dim))
+        else:
+            bound = math.sqrt(6.0 / (dim + dim))  # xavier-uniform of the authors' (1, 1, D): fan_in = fan_out = D
+            self.mu = nn.Parameter(torch.empty(1, dim).uniform_(-bound, bound))
+            self.log_sigma = nn.Parameter(torch.empty(1, dim).uniform_(-bound, bound))
         generator = torch.Generator().manual_seed(config.eval_noise_seed)
         self.register_buffer("eval_noise", torch.randn(self.num_slots, dim, generator=generator))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        old, new = prefix + "logvar", prefix + "log_sigma"
+        if self.slot_type == "random" and old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old) / 2  # an old random-slot log-variance: the same std as a log-std
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def std(self) -> torch.Tensor:
+        """The per-dimension noise std of each Gaussian: (K_g, D) for entity slots, (1, D) for random slots."""
+        if self.slot_type == "entity":
+            return (0.5 * self.logvar).exp()
+        if self.slot_type == "random":
+            return self.log_sigma.exp()
+        raise ValueError("query slots are not sampled")
+
     def forward(self, batch: int) -> torch.Tensor:
+        """Initial slots (batch, K, D)."""
         if self.slot_type == "query":
             return self.query.unsqueeze(0).expand(batch, -1, -1)
         repeats = self.samples if self.slot_type == "entity" else self.num_slots
         mu = self.mu.repeat_interleave(repeats, dim=0)  # (K, D)
-        std = (0.5 * self.logvar).exp().repeat_interleave(repeats, dim=0)
+        std = self.std().repeat_interleave(repeats, dim=0)
         if self.training:
             noise = torch.randn(batch, *mu.shape, device=mu.device, dtype=mu.dtype)
         else:
@@ -98,7 +125,11 @@ class SlotAggregation(nn.Module):
 
 
 class GroupInteraction(nn.Module):
-    """Interaction block: self-attention within each group of K_s slots from one Gaussian, weights shared."""
+    """Interaction block: self-attention within each group of K_s slots from one Gaussian, weights shared.
+
+    Dropout acts on the output projection and in the MLP (``config.dropout``, as the authors); dropout on the attention
+    weights themselves is ``config.interaction_attn_dropout`` (default 0, as the authors' shipped scripts).
+    """
 
     def __init__(self, config: SaGConfig):
         super().__init__()
@@ -106,17 +137,18 @@ class GroupInteraction(nn.Module):
         inner = config.interaction_heads * config.interaction_head_dim
         self.heads = config.interaction_heads
         self.group = config.samples_per_gaussian
-        self.dropout = config.dropout
+        self.attn_dropout = config.interaction_attn_dropout
         self.norm = nn.LayerNorm(dim)
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(config.dropout))
         self.ff = FeedForward(dim, config.mlp_ratio, config.dropout)
 
     def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        """slots (B, K, D) -> slots (B, K, D), each attending only to the slots of its own Gaussian."""
         batch, num_slots, dim = slots.shape
         x = slots.reshape(batch * num_slots // self.group, self.group, dim)  # one row per Gaussian
         q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
         x = x + self.to_out(merge_heads(out))
         x = x + self.ff(x)
         return x.reshape(batch, num_slots, dim)

@@ -79,25 +79,61 @@ def _tiny_vit(config: SaGConfig, weights: str | None) -> ImageEncoder:
     return TimmViTEncoder(vit)
 
 
-class MobileNetV2Encoder(ImageEncoder):
-    """torchvision MobileNetV2 ``features[:14]``: a 96-channel map at stride 16, the grid of a ViT-*/16."""
+# Output channels of torchvision's MobileNetV2 ``features[:n]``, by n (the blocks that end a stage or are used here).
+_MOBILENET_CHANNELS = {7: 32, 14: 96}
+# Named layer choices: the ``features`` prefix lengths whose outputs are used. Several taps are upsampled (bilinear)
+# to the finest tap's grid and concatenated along channels.
+#   mobilenet_v2        features[:14]: 96 channels at stride 16, the grid of a ViT-*/16 (unchanged original)
+#   mobilenet_v2_s8     features[:7]: 32 channels at stride 8, the last block before the stride-16 stage, i.e. the
+#                       deepest (most semantic) map MobileNetV2 has at stride 8
+#   mobilenet_v2_s8s16  features[:7] (stride 8) + features[:14] upsampled x2: 128 channels at stride 8
+MOBILENET_TAPS: dict[str, tuple[int, ...]] = {
+    "mobilenet_v2": (14,),
+    "mobilenet_v2_s8": (7,),
+    "mobilenet_v2_s8s16": (7, 14),
+}
 
-    def __init__(self, weights: str | None):
+
+class MobileNetV2Encoder(ImageEncoder):
+    """torchvision MobileNetV2 ``features[:n]`` taps: (B, 3, S, S) -> (B, N, C) on the finest tap's grid.
+
+    ``taps=(14,)`` (``mobilenet_v2``) is a 96-channel map at stride 16, the grid of a ViT-*/16. ``taps=(7,)`` is a
+    32-channel map at stride 8 (a 16 x 16 grid at 128 px, 24 x 24 at 192 px); ``taps=(7, 14)`` concatenates both
+    on the stride-8 grid (128 channels). The module always holds ``features[:max(taps)]``, so the state-dict keys are
+    ``features.<i>...`` as in torchvision, and ``mobilenet_v2`` checkpoints load unchanged.
+    """
+
+    def __init__(self, weights: str | None, taps: tuple[int, ...] = (14,)):
         super().__init__()
         from torchvision.models import mobilenet_v2
 
+        if not taps or any(t not in _MOBILENET_CHANNELS for t in taps) or list(taps) != sorted(set(taps)):
+            raise ValueError(f"MobileNetV2 taps must be increasing, from {sorted(_MOBILENET_CHANNELS)}: {taps}")
         net = mobilenet_v2(weights=None)
         if weights is not None:
             path = _mobilenet_weights_path() if weights == "package" else Path(weights).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"MobileNetV2 weights not found: {path}")
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        self.features = net.features[:14]
-        self.out_dim = 96
+        self.taps = tuple(taps)
+        self.features = net.features[:max(taps)]
+        self.out_dim = sum(_MOBILENET_CHANNELS[t] for t in taps)
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        fmap = self.features(pixels)
+        """pixels (B, 3, S, S) -> features (B, N, C) and the (h, w) grid of the finest tap, N = h * w."""
+        if self.taps == (len(self.features),) and len(self.taps) == 1:
+            fmap = self.features(pixels)  # the single-tap path: exactly the original computation
+        else:
+            maps, x = [], pixels
+            for index, layer in enumerate(self.features, start=1):
+                x = layer(x)
+                if index in self.taps:
+                    maps.append(x)
+            size = maps[0].shape[-2:]  # taps are increasing, so the first is the finest
+            fmap = torch.cat([m if m.shape[-2:] == size else
+                              nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                              for m in maps], dim=1)
         h, w = fmap.shape[-2:]
         return fmap.flatten(2).transpose(1, 2), (int(h), int(w))
 
@@ -118,7 +154,8 @@ IMAGE_ENCODERS: dict[str, Callable[[SaGConfig, str | None], ImageEncoder]] = {
     "vit_small_patch16_224": _timm_vit,
     "vit_base_patch16_384": _timm_vit,
     "vit_tiny_test": _tiny_vit,
-    "mobilenet_v2": lambda config, weights: MobileNetV2Encoder(weights),
+    **{name: (lambda config, weights, taps=taps: MobileNetV2Encoder(weights, taps))
+       for name, taps in MOBILENET_TAPS.items()},
 }
 
 

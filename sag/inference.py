@@ -43,3 +43,29 @@ def entity_maps(slot_attn: torch.Tensor, grid: tuple[int, int], size: tuple[int,
     """Each entity's attention map (K, H, W), bilinearly resized to ``size`` (not normalised) for display."""
     maps = slot_attn.float().transpose(0, 1).reshape(1, -1, *grid)  # (1, K, h, w)
     return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
+def normalised_entity_maps(slot_attn: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Every entity's map (K, H, W) in [0, 1] as the MAX scheme would see it if A_fuse picked that entity.
+
+    One image's A_slot (N, K) -> each column reshaped to the grid, bilinearly resized to ``size`` and min-max
+    normalised, exactly as :func:`upsample_and_normalise` does for one map; threshold it for the entity's mask.
+    """
+    # K maps as a batch of one-channel images: bit for bit what upsample_and_normalise computes for each column
+    # (as channels of one image, the interpolation kernel rounds differently).
+    columns = slot_attn.float().transpose(0, 1).reshape(-1, 1, *grid)  # (K, 1, h, w)
+    maps = F.interpolate(columns, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    high = maps.amax(dim=(1, 2), keepdim=True)
+    return (maps - low) / (high - low + 1e-9)
+
+
+def mix_entities(slot_attn: torch.Tensor, weights: torch.Tensor, grid: tuple[int, int],
+                 size: tuple[int, int]) -> torch.Tensor:
+    """Soft map (H, W) in [0, 1] of one image's A_slot (N, K) mixed by ``weights`` (K,) instead of A_fuse.
+
+    The same path as the ``ours`` scheme (A_slot . w, bilinear resize, min-max), so thresholding it at tau gives the
+    mask inference would give if A_fuse were ``weights`` (any positive scale of them gives the same mask).
+    """
+    scores = slot_attn.float() @ weights.to(slot_attn.device, torch.float32)
+    return upsample_and_normalise(scores, grid, size)

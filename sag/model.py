@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +20,8 @@ from .fusion import FusionOutput, ModalityFusion
 from .image_encoder import build_image_encoder
 from .inference import combine_attention, entity_maps, upsample_and_normalise
 from .losses import c3_loss, reconstruction_loss
+from .refine import REFINE_METHODS, patch_cell
+from .refine import refine as refine_map
 from .preprocess import ImageLike, image_size, preprocess_images
 from .text_encoder import TextEncoder, build_text_encoder
 
@@ -64,6 +66,8 @@ class Segmentation:
     soft: torch.Tensor  # (H, W) float in [0, 1]: the min-max normalised combined map
     fuse_attn: torch.Tensor  # (K,) A_fuse: each entity's relevance to the text
     score: float  # the largest A_fuse: how confidently the text picks out an entity
+    # (H, W) the bilinear map before edge-aware refinement (sag/refine.py) when one was applied, else None
+    unrefined: torch.Tensor | None = None
 
 
 @dataclass
@@ -109,6 +113,17 @@ class SaG(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> ImageEntities:
         """pixels (B, 3, S, S) -> ImageEntities: entities (B, K, D), A_slot (B, N, K), backbone features."""
         features, grid = self.image_encoder(pixels)
+        return self.encode_features(features, grid)
+
+    def encode_features(self, features: torch.Tensor, grid: tuple[int, int]) -> ImageEntities:
+        """Precomputed backbone features (B, N, C) on an (h, w) grid -> ImageEntities, skipping the image backbone.
+
+        ``features`` must be what ``self.image_encoder`` returns for the pixels (e.g. from a feature cache of a
+        frozen backbone); they are also the reconstruction target.
+        """
+        if features.shape[-1] != self.image_encoder.out_dim:
+            raise ValueError(f"features have {features.shape[-1]} channels, the image backbone "
+                             f"{self.config.image_backbone!r} gives {self.image_encoder.out_dim}")
         out = self.entity(features, grid)
         return ImageEntities(out.entities, out.slot_attn, grid, features)
 
@@ -121,9 +136,16 @@ class SaG(nn.Module):
         return self.fusion(entities, text, all_pairs=all_pairs)
 
     # ---- training ---------------------------------------------------------------------------------------------
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TrainOutput:
-        """One batch of B matching image-text pairs (pair i = image i, text i) -> C^3 + reconstruction loss."""
-        image = self.encode_image(pixels)
+    def forward(self, pixels: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                features: torch.Tensor | None = None, grid: tuple[int, int] | None = None) -> TrainOutput:
+        """One batch of B matching image-text pairs (pair i = image i, text i) -> C^3 + reconstruction loss.
+
+        Either ``pixels`` (B, 3, S, S), or precomputed backbone ``features`` (B, N, C) with their ``grid`` (h, w)
+        and ``pixels=None`` (a frozen, cached image backbone: see :meth:`encode_features`).
+        """
+        if (pixels is None) == (features is None) or (features is not None and grid is None):
+            raise ValueError("pass either pixels, or features with their grid")
+        image = self.encode_image(pixels) if features is None else self.encode_features(features, grid)
         text = self.encode_text(input_ids, attention_mask)
         fused = self.fuse(image.entities, text, all_pairs=True)
         c3 = c3_loss(fused.z, text, self.config.c3_temperature)
@@ -140,6 +162,8 @@ class SaG(nn.Module):
         sizes: Sequence[tuple[int, int]],
         scheme: str = "ours",
         threshold: float | None = None,
+        guides: Sequence[ImageLike] | None = None,
+        refine: str | Callable[[torch.Tensor, ImageLike], torch.Tensor] | None = None,
     ) -> list[Segmentation]:
         """Masks for B (image, text) pairs: image i with text i, returned at ``sizes[i]`` = (H, W).
 
@@ -149,9 +173,20 @@ class SaG(nn.Module):
             sizes: the original (H, W) of each image.
             scheme: ``ours`` (A_slot . A_fuse), or the ablations ``max``, ``avg``, ``min``.
             threshold: tau; defaults to ``config.threshold``.
+            guides: the B images themselves at ``sizes[i]`` (PIL or (H, W, 3) uint8), needed by a refinement.
+            refine: edge-aware refinement of the soft map before the threshold (:mod:`sag.refine`); defaults to
+                ``config.mask_refine``. A refinement other than ``none`` needs ``guides``. Also a callable
+                (soft (H, W), image) -> soft (H, W) in [0, 1], e.g. :class:`sag.refine.PromptableRefiner`.
         """
         if not (len(image) == text.shape[0] == len(sizes)):
             raise ValueError(f"need as many images, texts and sizes, got {len(image)}, {text.shape[0]}, {len(sizes)}")
+        method = self.config.mask_refine if refine is None else refine
+        if not callable(method) and method not in REFINE_METHODS:
+            raise ValueError(f"unknown mask refinement {method!r}; choose from {REFINE_METHODS}")
+        if method != "none" and guides is None:
+            raise ValueError(f"mask refinement {method!r} needs the images: pass guides= (or refine='none')")
+        if guides is not None and len(guides) != len(sizes):
+            raise ValueError(f"need one guide image per size, got {len(guides)} and {len(sizes)}")
         tau = self.config.threshold if threshold is None else threshold
         fused = self.fuse(image.entities, text)
         fuse_attn = fused.fuse_attn.float()
@@ -159,22 +194,31 @@ class SaG(nn.Module):
         results = []
         for i, size in enumerate(sizes):
             soft = upsample_and_normalise(scores[i], image.grid, size)
+            unrefined = None
+            if method != "none":
+                unrefined = soft
+                soft = (method(soft, guides[i]) if callable(method)
+                        else refine_map(soft, guides[i], method, cell=patch_cell(image.grid, tuple(size))))
             results.append(Segmentation(
-                mask=soft >= tau, soft=soft, fuse_attn=fuse_attn[i], score=float(fuse_attn[i].max())
+                mask=soft >= tau, soft=soft, fuse_attn=fuse_attn[i], score=float(fuse_attn[i].max()),
+                unrefined=unrefined,
             ))
         return results
 
     @torch.no_grad()
     def predict(
-        self, images: Sequence[ImageLike], texts: Sequence[str], scheme: str = "ours"
+        self, images: Sequence[ImageLike], texts: Sequence[str], scheme: str = "ours",
+        refine: str | Callable[[torch.Tensor, ImageLike], torch.Tensor] | None = None,
     ) -> list[Segmentation]:
-        """Convenience: image i with text i, end to end. Puts the model in eval mode (deterministic slots)."""
+        """Convenience: image i with text i, end to end. Puts the model in eval mode (deterministic slots).
+        ``refine``: the mask refinement (default ``config.mask_refine``), guided by the images themselves."""
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images and {len(texts)} texts")
         self.eval()
         image = self.encode_image(self.preprocess(images))
         text = self.encode_text(**self.tokenize(texts))
-        return self.segment(image, text, [image_size(im) for im in images], scheme=scheme)
+        return self.segment(image, text, [image_size(im) for im in images], scheme=scheme, guides=images,
+                            refine=refine)
 
     @torch.no_grad()
     def entity_maps(self, image: ImageEntities, index: int, size: tuple[int, int]) -> torch.Tensor:

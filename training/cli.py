@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .datasets import FORMATS, open_dataset
+from .datasets import FORMATS, REFER_FORMATS, open_dataset
 from .settings import TrainingSettings
 
 
@@ -135,11 +135,24 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def eval_main(argv: Sequence[str] | None = None) -> int:
-    """``sag-eval``: mIoU, cIoU and accuracy at IoU 0.3/0.5/0.7 for a checkpoint on a data set split."""
-    from sag import SCHEMES, SaG
+def _refer_instances_file(args, settings: TrainingSettings) -> Path | None:
+    """The refer layout's instances.json, found as :func:`training.datasets.open_dataset` finds the data set."""
+    if args.format not in REFER_FORMATS:
+        return None
+    path = Path(args.data or settings.data_root)
+    file = path / "instances.json" if (path / "instances.json").is_file() else path / args.format / "instances.json"
+    return file if file.is_file() else None
 
-    from .evaluate import BASELINES, evaluate, format_table
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``sag-eval``: mIoU, cIoU and accuracy at IoU 0.3/0.5/0.7 for a checkpoint on a data set split (per expression
+    kind where the data set has kinds). ``--diagnostics`` adds entity quality (mBO), the oracle-entity and NNLS mIoU,
+    pointing accuracy and boundary F: a few ms per expression at 128 px, about 0.5 s at 640 x 480 with K = 36 on one
+    CPU thread (mostly resizing the K maps; fast on a GPU), hence off by default."""
+    from sag import SCHEMES, SaG
+    from sag.refine import REFINE_METHODS
+
+    from .evaluate import BASELINES, InstanceMasks, evaluate, expression_kinds, format_table
     from .overlays import OverlayWriter
 
     parser = argparse.ArgumentParser(prog="sag-eval", description=eval_main.__doc__)
@@ -154,6 +167,13 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overlays", help="write overlay PNGs (image, prediction, top-3 entities) here")
     parser.add_argument("--overlay-count", type=int, default=20)
     parser.add_argument("--json", help="also write the metrics as JSON here")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also entity quality (mBO), oracle-entity / NNLS mIoU, pointing accuracy and boundary F "
+                             "(2 px), overall and per expression kind")
+    parser.add_argument("--instances", help="COCO instances.json with every instance per image, for mBO (default: "
+                                            "the refer layout's own; other formats: the referred masks)")
+    parser.add_argument("--refine", choices=REFINE_METHODS,
+                        help="edge-aware mask refinement before the threshold (default: the checkpoint's mask_refine)")
     parser.add_argument("--device", help="cpu, cuda[:n] or auto (default: SAG_DEVICE)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--quiet", action="store_true")
@@ -165,17 +185,24 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     data = _open(args, args.split, True, settings)
     writer = OverlayWriter(model, args.overlays, args.overlay_count) if args.overlays else None
     schemes = SCHEMES if args.ablation else ("ours",)
+    instances = None
+    if args.diagnostics:
+        instances = InstanceMasks.from_expressions(data.expressions)
+        coco = Path(args.instances) if args.instances else _refer_instances_file(args, settings)
+        if coco is not None:
+            instances.add_coco(coco, {e.image_id for e in data.expressions})
     report = evaluate(model, data, schemes=schemes, batch_size=args.batch_size, threshold=args.threshold,
                       baselines=BASELINES if args.baselines else (), limit=args.limit, on_batch=writer,
-                      show_progress=not args.quiet)
+                      group_of=expression_kinds(data), show_progress=not args.quiet, diagnostics=args.diagnostics,
+                      instances=instances, refine=args.refine)
     print(format_table(report, f"{data.name} - checkpoint {model.version}"))
     if writer is not None:
         print(f"\n{len(writer.written)} overlays written to {args.overlays}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"checkpoint": str(args.checkpoint), "version": model.version, **report.to_dict()}, fh,
-                      indent=2)
+            json.dump({"checkpoint": str(args.checkpoint), "version": model.version,
+                       "refine": args.refine or model.config.mask_refine, **report.to_dict()}, fh, indent=2)
     return 0
 
 

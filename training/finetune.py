@@ -55,6 +55,16 @@ class FinetuneConfig:
     eval_batch_size: int = 8
     seed: int = 1
     precision: str = "auto"
+    # Keep the image backbone fixed (eval mode, no gradients): only the SaG heads and the text side train. With
+    # ``feature_cache`` its features are computed once per image and reused (training/feature_cache.py, on disk in
+    # the run's workdir), so after the first epoch a step costs only the heads and the text side. On a CPU that
+    # removes the backbone's forward and backward; with the paper-size heads (K = 36 on a 24 x 24 grid) the
+    # reconstruction decoder still dominates a step (bench/finetune_cpu_benchmark.py).
+    freeze_image_backbone: bool = False
+    feature_cache: bool = True  # used only with freeze_image_backbone
+    # Mask refinement (sag.refine) the validation masks are scored with: the one the backend serves, so promotion
+    # judges the masks annotators get. None: the checkpoint's own ``mask_refine``.
+    mask_refine: str | None = None
     show_progress: bool = True  # a tqdm bar on stderr
 
     def __post_init__(self) -> None:
@@ -157,12 +167,13 @@ def promotion_decision(candidate_miou: float | None, serving_miou: float | None,
     return Decision(False, f"{summary}: worse, not promoted")
 
 
-def validation_miou(model: SaG, data: ReferringDataset, batch_size: int) -> float:
-    """mIoU (scheme ``ours``) of ``model`` on ``data``; leaves the model in eval mode."""
+def validation_miou(model: SaG, data: ReferringDataset, batch_size: int, refine: str | None = None) -> float:
+    """mIoU (scheme ``ours``, masks refined with ``refine``, default the model's) of ``model`` on ``data``; leaves
+    the model in eval mode."""
     from .evaluate import evaluate
 
-    return float(evaluate(model, data, schemes=("ours",), batch_size=batch_size, show_progress=False)
-                 .schemes["ours"]["mIoU"])
+    return float(evaluate(model, data, schemes=("ours",), batch_size=batch_size, show_progress=False,
+                          refine=refine).schemes["ours"]["mIoU"])
 
 
 def _fingerprint(parent: str, data: ProjectData, config: FinetuneConfig) -> str:
@@ -225,7 +236,7 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
     serving_miou = None
     if data.validation is not None:
         report({"stage": "validating the serving version"})
-        serving_miou = validation_miou(model, data.validation, config.eval_batch_size)
+        serving_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine)
         log.info("fine-tune: serving version %s scores mIoU %.4f on the validation masks", parent, serving_miou)
 
     from .loop import Trainer, TrainConfig
@@ -234,7 +245,10 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
     train_config = TrainConfig(max_steps=config.steps, batch_size=min(config.batch_size, pairs), lr=config.lr,
                                eval_every=config.checkpoint_every, checkpoint_every=config.checkpoint_every,
                                keep_last=1, precision=config.precision, seed=config.seed, resume=True,
-                               log_every=max(1, min(10, config.steps // 10)))
+                               log_every=max(1, min(10, config.steps // 10)),
+                               freeze_image_backbone=config.freeze_image_backbone,
+                               # "disk": a killed and re-run job finds its images' features in its workdir
+                               feature_cache="disk" if config.feature_cache else "off")
     last_loss: list[float] = []
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -248,7 +262,7 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
     candidate_miou = None
     if data.validation is not None:
         report({"stage": "validating the candidate"})
-        candidate_miou = validation_miou(model, data.validation, config.eval_batch_size)
+        candidate_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine)
     decision = promotion_decision(candidate_miou, serving_miou, config.tolerance, data.validation_size)
     serving_now = registry.current()
     if decision.promote and serving_now != parent:

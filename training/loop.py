@@ -56,7 +56,11 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-5
     backbone_lr_scale: float = 0.1  # image and text backbones train at lr * this
-    freeze_image_backbone: bool = False  # keep the image backbone's weights fixed (no gradients computed)
+    freeze_image_backbone: bool = False  # keep the image backbone's weights fixed (no gradients, eval mode)
+    # With a frozen image backbone, compute each image's features once and reuse them (training/feature_cache.py):
+    # "memory", "disk" (memory-mapped, in output_dir/feature-cache, reused by a resumed run) or "off".
+    feature_cache: str = "memory"
+    time_budget_s: float | None = None  # stop (validating and checkpointing) once this much wall time has passed
     weight_decay: float = 1e-4
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the cosine ends at lr * this
@@ -81,6 +85,10 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         resolve_precision(self.precision, torch.device("cpu"))  # validates the name
+        from .feature_cache import CACHE_MODES
+
+        if self.feature_cache not in CACHE_MODES:
+            raise ValueError(f"feature_cache must be one of {CACHE_MODES}, got {self.feature_cache!r}")
 
 
 @dataclass
@@ -192,8 +200,19 @@ class Trainer:
         self.world = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
         self.collate = Collator(model)
+        self.loader_data: Dataset = train_data
+        self.feature_cache = None
         if config.freeze_image_backbone:
+            # Frozen means eval mode as well (see _train_mode): BatchNorm running statistics are neither used from
+            # the batch nor updated, and there is no drop-path, so the features are a pure function of the image.
             model.image_encoder.requires_grad_(False)
+            if config.feature_cache != "off":
+                from .feature_cache import CachedCollator, CachedPairs, FeatureCache, cache_directory
+
+                directory = cache_directory(output_dir, self.rank) if config.feature_cache == "disk" else None
+                self.feature_cache = FeatureCache.for_model(model, directory, batch_size=config.batch_size)
+                self.loader_data = CachedPairs(train_data)
+                self.collate = CachedCollator(model.text_encoder.tokenizer, model.text_encoder.max_tokens)
         self.optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -230,7 +249,7 @@ class Trainer:
         # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG, which would
         # shift the slot noise of a resumed run against an uninterrupted one.
         gen = torch.Generator().manual_seed(self.config.seed + self.epoch)
-        return DataLoader(self.train_data, batch_sampler=indices, collate_fn=self.collate,
+        return DataLoader(self.loader_data, batch_sampler=indices, collate_fn=self.collate,
                           num_workers=self.config.num_workers, generator=gen)
 
     # ---- the loop ---------------------------------------------------------------------------------------------
@@ -248,18 +267,19 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (self.show_progress
                                                                                          and self.is_main))
-        self.wrapped.train()
+        self._train_mode()
         last_checkpoint = None
         running: list[float] = []
+        out_of_time = False
         started = time.time()
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not out_of_time:
             batches = self._epoch_batches(self.epoch)[self.batch_in_epoch:]
             usable = len(batches) - len(batches) % cfg.grad_accum
             micro = 0
-            for pixels, input_ids, attention_mask in self._loader(batches[:usable]):
+            for images, input_ids, attention_mask in self._loader(batches[:usable]):
                 if micro == 0:
                     self.optimizer.zero_grad(set_to_none=True)
-                out = self._forward(pixels, input_ids, attention_mask, sync=micro == cfg.grad_accum - 1)
+                out = self._forward(images, input_ids, attention_mask, sync=micro == cfg.grad_accum - 1)
                 micro += 1
                 self.batch_in_epoch += 1
                 running.append(float(out.loss.detach()))
@@ -272,15 +292,20 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if self.progress is not None:
                     self.progress(self.step, self.total_steps, loss)
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    self._log({"step": self.step, "epoch": self.epoch, "loss": loss, "c3": float(out.c3.detach()),
-                               "recon": float(out.recon.detach()), "lr": lr,
-                               "elapsed_s": round(time.time() - started, 2)})
+                out_of_time = cfg.time_budget_s is not None and time.time() - started >= cfg.time_budget_s
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps or out_of_time:
+                    record = {"step": self.step, "epoch": self.epoch, "loss": loss, "c3": float(out.c3.detach()),
+                              "recon": float(out.recon.detach()), "lr": lr,
+                              "elapsed_s": round(time.time() - started, 2)}
+                    if self.feature_cache is not None:
+                        stats = self.feature_cache.stats
+                        record.update(cache_hits=stats.hits, cache_misses=stats.misses, cache_entries=stats.entries)
+                    self._log(record)
                 epoch_end = self.batch_in_epoch + cfg.grad_accum > self.batches_per_epoch
                 if epoch_end:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                done = self.step >= self.total_steps
+                done = self.step >= self.total_steps or out_of_time
                 validate = self._due(cfg.eval_every, epoch_end, done)
                 save = validate or self._due(cfg.checkpoint_every, cfg.eval_every is None and epoch_end, done)
                 metric = self.validate() if validate else None
@@ -289,6 +314,8 @@ class Trainer:
                 if done or epoch_end:
                     break
         bar.close()
+        if self.feature_cache is not None:
+            self.feature_cache.close()
         if self.distributed:
             dist.barrier()
         return TrainResult(self.step, self.best_checkpoint, self.best_metric, last_checkpoint, self.history)
@@ -296,13 +323,26 @@ class Trainer:
     def _due(self, every: int | None, epoch_end: bool, done: bool) -> bool:
         return done or (every is None and epoch_end) or (every is not None and self.step % every == 0)
 
-    def _forward(self, pixels, input_ids, attention_mask, sync: bool):
+    def _train_mode(self) -> None:
+        """Train mode for the model, except a frozen image backbone, which stays in eval mode."""
+        self.wrapped.train()
+        if self.config.freeze_image_backbone:
+            self.model.image_encoder.eval()
+
+    def _forward(self, images, input_ids, attention_mask, sync: bool):
+        """One micro-batch: ``images`` are pixels (B, 3, S, S), or :class:`CachedImages` with a feature cache."""
         dev = self.device
-        pixels, input_ids, attention_mask = pixels.to(dev), input_ids.to(dev), attention_mask.to(dev)
+        input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
+        if self.feature_cache is not None:
+            features, grid = self.feature_cache.features(images.images, images.keys)
+            self.loader_data.remember(images)  # later epochs need not even load these images
+            inputs = dict(pixels=None, features=features.to(dev), grid=grid)
+        else:
+            inputs = dict(pixels=images.to(dev))
         ctx = self.wrapped.no_sync() if (self.distributed and not sync) else _null()
         with ctx:
             with autocast(dev, self.config.precision):
-                out = self.wrapped(pixels, input_ids, attention_mask)
+                out = self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **inputs)
             self.scaler.scale(out.loss / self.config.grad_accum).backward()
         return out
 
@@ -330,7 +370,7 @@ class Trainer:
 
             report = evaluate(self.model, self.val_data, schemes=("ours",), batch_size=self.config.eval_batch_size,
                               limit=self.config.eval_limit, show_progress=False)
-            self.model.train()
+            self._train_mode()
             metric = report.schemes["ours"]["mIoU"]
             self._log({"step": self.step, "epoch": self.epoch, "split": "val",
                        **{k: v for k, v in report.schemes["ours"].items()}})

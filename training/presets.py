@@ -20,7 +20,8 @@ class Preset:
     train: TrainConfig
     pretrained: bool  # start from pretrained backbone weights (config.image_weights and the text backbone's)
     description: str
-    # From-scratch text backbones only: re-initialise their linear layers with std gain / sqrt(fan_in) instead of
+    # From-scratch text backbones only (applied whenever set, also when ``pretrained`` loads the image backbone's
+    # weights): re-initialise their linear layers with std gain / sqrt(fan_in) instead of
     # BERT's fixed 0.02. With 0.02 a small random BERT gives nearly the same [CLS] state for every text (measured:
     # spread across texts 0.006 against 0.13 here), so C^3 starts where all texts look alike and stalls there.
     text_init_gain: float | None = None
@@ -57,7 +58,28 @@ def _cpu_synthetic() -> Preset:
     )
 
 
-PRESETS = {"paper": _paper, "cpu-synthetic": _cpu_synthetic}
+def _cpu_synthetic_mobilenet() -> Preset:
+    # cpu-synthetic with the offline ImageNet MobileNetV2 as a frozen image backbone on a finer grid: features[:7],
+    # the deepest map MobileNetV2 has at stride 8 (the last block before the stride-16 stage), 32 channels on a
+    # 16 x 16 grid at 128 px. A frozen backbone is a pure function of the image, so the loop computes each image's
+    # features once (TrainConfig.feature_cache) and a step costs only the heads. Quick runs (300 steps, 400 scenes,
+    # 2 seeds; bench/README.md) put stride 8 + 16 concatenated (mobilenet_v2_s8s16) at 128 px no better and 2x slower
+    # per step; at 192 px (24 x 24) it had the best mean but 3.5x the step time: one flag each
+    # (--set model.image_backbone=mobilenet_v2_s8s16 --set model.image_size=192) for the equal-time benchmark.
+    # Everything else is cpu-synthetic's: the text side is still a re-initialised tiny BERT.
+    base = _cpu_synthetic()
+    return Preset(
+        name="cpu-synthetic-mobilenet",
+        model=base.model.replace(image_backbone="mobilenet_v2_s8", image_weights="package", image_size=128),
+        train=replace(base.train, feature_cache="memory"),
+        pretrained=True,  # the image backbone's ImageNet weights; tiny-bert has none and is re-initialised below
+        text_init_gain=base.text_init_gain,
+        description="ImageNet MobileNetV2 features[:7] (stride 8, frozen, cached) @ 128 -> 16 x 16 + tiny BERT, "
+                    "K = 4 x 2 = 8, T = 3, batch 64, 600 steps",
+    )
+
+
+PRESETS = {"paper": _paper, "cpu-synthetic": _cpu_synthetic, "cpu-synthetic-mobilenet": _cpu_synthetic_mobilenet}
 
 
 def get_preset(name: str, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> Preset:
@@ -85,6 +107,6 @@ def build_model(preset: Preset, seed: int | None = None) -> SaG:
     seed = preset.train.seed if seed is None else seed
     torch.manual_seed(seed)
     model = SaG(preset.model, pretrained=preset.pretrained)
-    if preset.text_init_gain is not None and not preset.pretrained:
+    if preset.text_init_gain is not None:
         reinit_text_backbone(model, preset.text_init_gain, seed)
     return model

@@ -62,7 +62,8 @@ def test_slot_types_and_weight_sharing(slot_type, share_weights):
     if slot_type == "query":
         assert model.entity.slots.query.grad is not None
     else:
-        assert model.entity.slots.mu.grad is not None and model.entity.slots.logvar.grad is not None
+        spread = model.entity.slots.logvar if slot_type == "entity" else model.entity.slots.log_sigma
+        assert model.entity.slots.mu.grad is not None and spread.grad is not None
         expected = config.num_gaussians if slot_type == "entity" else 1
         assert model.entity.slots.mu.shape[0] == expected
 

@@ -43,7 +43,7 @@ def test_presets():
     assert paper.train.backbone_lr_scale == 0.1 and paper.train.grad_clip == 0.1
     cpu = get_preset("cpu-synthetic", model={"slot_type": "random"}, train={"max_steps": 5})
     assert cpu.model.slot_type == "random" and cpu.train.max_steps == 5 and not cpu.pretrained
-    assert set(PRESETS) == {"paper", "cpu-synthetic"}
+    assert set(PRESETS) == {"paper", "cpu-synthetic", "cpu-synthetic-mobilenet"}
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
 
