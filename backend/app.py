@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import redact
 from .dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
-from .exceptions import BadRequest, LabelConfigError, SettingsError
+from .exceptions import BadRequest, LabelConfigError, SettingsError, TrainingUnavailable
 from .http_input import (MAX_BODY_BYTES, MAX_JSON_DEPTH, json_too_deep, optional_string, parse_json_object,
                          prompt_context)
 from .jobs import worker_stats
@@ -163,6 +163,15 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
     def bad_request(exc: "BadRequest") -> tuple[Response, int]:
         return jsonify(error=str(exc)), 400
 
+    @app.errorhandler(TrainingUnavailable)
+    def training_unavailable(exc: TrainingUnavailable) -> Response:
+        # Start Training (/webhook) and POST /training/<project>. Label Studio keeps only the status line of a
+        # failed /webhook call (requests' HTTPError: "503 Server Error: <reason> for url: ..."), sets the model's
+        # state to Error and stores that line as its error_message; so the reason phrase carries the message.
+        response = jsonify(status="error", error=str(exc))
+        response.status = with_reason(503, str(exc))
+        return response
+
     @app.errorhandler(RedisError)
     def redis_down(exc: RedisError) -> tuple[Response, int]:
         # Any route that needs Redis (/predict, /setup, /metrics, /jobs, /webhook, /training): 503, not a 500 with a
@@ -181,6 +190,13 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
         return jsonify(status="error", error=f"{type(exc).__name__}: {exc}"), 500
 
     return app
+
+
+def with_reason(code: int, message: str) -> str:
+    """An HTTP status line's ``"<code> <reason>"`` with ``message`` as the reason phrase: one line of printable
+    ASCII (what a reason phrase may hold), at most 300 characters."""
+    reason = " ".join(message.split()).encode("ascii", "replace").decode("ascii")
+    return f"{code} {reason[:300]}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,12 @@ class TrainingError(RuntimeError):
     """A training job cannot run as configured; the message says what to set."""
 
 
+class TrainingUnavailable(TrainingError):
+    """Fine-tuning cannot be queued as the backend is configured (no Label Studio URL or API key). Answered with an
+    error status whose reason phrase is the message: Label Studio shows only that line (it drops the body) when it
+    marks the model as failed after "Start Training"."""
+
+
 class JobFailed(RuntimeError):
     """A job's exception whose message or traceback held a secret, re-raised as ``"<type>: <scrubbed message>"``
     so that what RQ stores in Redis (the job's exc_info, its result stream) holds no secret."""

@@ -18,6 +18,7 @@ from xml.etree.ElementTree import Element
 from defusedxml import ElementTree
 
 from .exceptions import LabelConfigError
+from .label_words import generic_label, label_by_meaning
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,20 @@ class LabelingConfig:
                 "for typed prompts"
             )
 
-    def label_for(self, text: str, label_map: dict[str, str], control: Control | None = None) -> str | None:
-        """The label of ``control`` (default: the brush, else the polygon control) for a referring ``text``: the
-        first ``label_map`` key found in it (case-insensitive), else a label (or one of its ``predicted_values``)
-        named as a word in the text, else the control's first label."""
+    def label_for(self, text: str, label_map: dict[str, str], control: Control | None = None,
+                  default_label: str | None = None) -> str | None:
+        """The label of ``control`` (default: the brush, else the polygon control) for a referring ``text``:
+
+        1. the first ``label_map`` key (``SAG_LABEL_MAP``) found in it, case-insensitive;
+        2. for the text's head noun (:func:`backend.label_words.head_nouns`: "the CUP of coffee", "the MAN holding
+           a cat"; the next noun when the first phrase has none): a label that names it (its value or one of its
+           ``predicted_values``), else the label closest in meaning from a built-in vocabulary
+           (:mod:`backend.label_words`: "the cup" is an Object, "the two puppies" an Animal);
+        3. ``default_label`` (``SAG_DEFAULT_LABEL``);
+        4. a generic label (Object, Other, Thing, Item, ...), else the control's first label.
+
+        A ``label_map`` value or ``default_label`` that is not a label of the primary control raises
+        :class:`LabelConfigError`; for a second control (polygons with labels of their own) it is skipped."""
         control = control or self.brush or self.polygon
         if control is None or not control.labels:
             return None
@@ -69,16 +80,31 @@ class LabelingConfig:
                         f"{list(control.labels)}"
                     )
                 return label
-        words = set(re.findall(r"[\w-]+", lowered))
-        for label, aliases in control.aliases:
-            if any(alias in words or (" " in alias and alias in lowered) for alias in aliases):
-                return label
-        return control.labels[0]
+        by_meaning = label_by_meaning(text, control.aliases)
+        if by_meaning is not None:
+            return by_meaning
+        if default_label:
+            if default_label in control.labels:
+                return default_label
+            if primary:
+                raise LabelConfigError(f"SAG_DEFAULT_LABEL={default_label!r} is not a label of <{control.name}>: "
+                                       f"{list(control.labels)}")
+        return generic_label(control.labels) or control.labels[0]
 
 
 def _value_key(element: Element) -> str | None:
     value = element.get("value", "")
     return value[1:] if value.startswith("$") else None
+
+
+_DATA_KEY = re.compile(r"\$([A-Za-z_][\w-]*)")
+
+
+def _data_key(element: Element) -> str | None:
+    """The task data key a text tag shows: ``$text`` and, inside a ``<Repeater on="$text">``, ``$text[{{idx}}]``
+    (one tag per list item) both show ``text``."""
+    match = _DATA_KEY.match(element.get("value", ""))
+    return match.group(1) if match else None
 
 
 def _control(element: Element) -> Control:
@@ -147,7 +173,7 @@ def _parse(xml: str) -> LabelingConfig:
             raise LabelConfigError(f'<{control.name}> has no <Label value="..."/> children')
     text_keys = tuple(
         key for tag in ("Text", "HyperText", "Header", "Paragraphs")
-        for el in root.iter(tag) if (key := _value_key(el))
+        for el in root.iter(tag) if (key := _data_key(el))
     )
     return LabelingConfig(
         image_name=image.get("name"),

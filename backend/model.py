@@ -78,7 +78,8 @@ class SaGModel:
         """Webhook events, answered at once (Label Studio waits 1 s for annotation events, 100 s for
         START_TRAINING): START_TRAINING queues fine-tuning of the project (one job per project; a second request
         is answered ``already_training``); annotation events feed the periodic trigger (SAG_TRAIN_EVERY_N_ANNOTATIONS,
-        SAG_TRAIN_INTERVAL). See :mod:`backend.training_service`."""
+        SAG_TRAIN_INTERVAL). See :mod:`backend.training_service`. A START_TRAINING that cannot be queued raises
+        :class:`~backend.exceptions.TrainingUnavailable`, which the app answers with 503 and the reason."""
         project_id = project_id_of(data.get("project"))
         if project_id is None:
             return {"status": "ignored", "event": event, "detail": "the event names no project"}

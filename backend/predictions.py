@@ -102,8 +102,9 @@ class PredictionService:
         texts = self._texts(data, config, context)
         second = config.polygon if config.brush and config.polygon else None
         try:
-            labels = tuple(config.label_for(text, self.settings.label_map) for text in texts)
-            polygon_labels = tuple(config.label_for(t, self.settings.label_map, second) for t in texts if second)
+            label_map, default = self.settings.label_map, self.settings.default_label
+            labels = tuple(config.label_for(text, label_map, default_label=default) for text in texts)
+            polygon_labels = tuple(config.label_for(t, label_map, second, default) for t in texts if second)
         except LabelConfigError as exc:
             raise TaskRejected(str(exc)) from None
         return TaskInput(task_id_of(task), image.strip(), tuple(texts), labels, polygon_labels)

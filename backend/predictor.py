@@ -62,6 +62,7 @@ class Counters:
 class _Pending:
     task: TaskInput
     image: CachedImage | None = None
+    pixels: Any = None  # the decoded image (PIL), kept only to guide the mask refinement
     error: str | None = None
     regions: list[dict[str, Any]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -162,6 +163,8 @@ class Predictor:
     def _load_images(self, model: SaG, pending: list[_Pending], fetched: list[bytes | Exception]) -> None:
         to_encode: list[tuple[_Pending, str, Any]] = []
         seen: dict[str, list[_Pending]] = {}
+        refining = self.settings.mask_refine != "none"
+        decoded: dict[str, Any] = {}  # digest -> image decoded for a cache hit, to decode it once per job
         for item, data in zip(pending, fetched):
             if isinstance(data, Exception):
                 item.error = _describe(data)
@@ -170,15 +173,24 @@ class Predictor:
             cached = self.cache.get((digest, model.version))
             if cached is not None:
                 item.image = cached
+                if refining:  # the entities are cached, the pixels are not: the refinement needs them
+                    try:
+                        if digest not in decoded:
+                            decoded[digest] = decode_image(data, self.settings.max_image_pixels)
+                        item.pixels = decoded[digest]
+                    except ImageError as exc:
+                        item.error = str(exc)
                 continue
             if digest in seen:  # the same image twice in one job: encode once
                 seen[digest].append(item)
+                item.pixels = seen[digest][0].pixels
                 continue
             try:
                 image = decode_image(data, self.settings.max_image_pixels)
             except ImageError as exc:
                 item.error = str(exc)
                 continue
+            item.pixels = image if refining else None
             seen[digest] = [item]
             to_encode.append((item, digest, image))
 
@@ -211,7 +223,10 @@ class Predictor:
             with torch.inference_mode(), autocast(self.device, self.settings.precision):
                 text = model.encode_text(**model.tokenize([item.task.texts[i] for item, i in batch]))
                 image = ImageEntities.cat([item.image.entities for item, _ in batch])
-                segs = model.segment(image, text, [item.image.size for item, _ in batch])
+                refine = self.settings.mask_refine  # SAG_MASK_REFINE overrides the checkpoint's mask_refine
+                guides = [item.pixels for item, _ in batch] if refine != "none" else None
+                segs = model.segment(image, text, [item.image.size for item, _ in batch], guides=guides,
+                                     refine=refine)
             return [(seg.mask.cpu().numpy(), seg.score) for seg in segs]
 
         for batch in _batched(pairs, self.settings.batch_size):

@@ -70,6 +70,22 @@ def _label_map(env: Mapping[str, str], name: str) -> dict[str, str]:
     return value
 
 
+def _mask_refine(env: Mapping[str, str], name: str, default: str) -> str:
+    from sag.refine import REFINE_METHODS
+
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in REFINE_METHODS:
+        raise SettingsError(f"{name} must be one of {', '.join(REFINE_METHODS)}, got {raw!r}")
+    if raw == "slic":
+        try:
+            import skimage.segmentation  # noqa: F401
+        except ImportError:
+            raise SettingsError(f"{name}=slic needs scikit-image: pip install 'sag-assist[slic]'") from None
+    return raw
+
+
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
 
 
@@ -187,6 +203,10 @@ class Settings:
     precision: str = "auto"
     init_preset: str = "mobilenet-minilm"
     entity_cache_mb: int = 512
+    # Edge-aware refinement of every mask before the threshold (sag/refine.py), overriding the checkpoint's
+    # mask_refine: none, guided or slic. Guided by default: on the synthetic benchmark it raised mIoU and the
+    # boundary F-score for 12-16 ms per 512 x 512 mask on one CPU thread (bench/README.md, "Mask refinement").
+    mask_refine: str = "guided"
 
     # Label Studio.
     label_studio_url: str | None = None
@@ -196,6 +216,7 @@ class Settings:
     # Tasks and labelling config.
     text_field: str = "text"
     label_map: dict[str, str] = field(default_factory=dict)
+    default_label: str | None = None  # the label when neither the map, a label's words nor its meaning match
     max_text_chars: int = 1000
     polygon_tolerance: float = 1.5  # pixels, Douglas-Peucker tolerance for the optional polygons
 
@@ -211,6 +232,9 @@ class Settings:
     finetune_steps: int = 200
     finetune_batch_size: int = 16
     finetune_lr: float = 1e-5
+    # Keep the image backbone fixed and cache its features (training/feature_cache.py): a CPU step 31-36 s instead
+    # of 49 s at the default model (bench/README.md); off by default, as a frozen backbone cannot adapt to a project.
+    finetune_freeze_image_backbone: bool = False
     promote_tolerance: float = 0.0  # mIoU a candidate may lose on hand-corrected masks and still be promoted
     training_timeout: int = 6 * 3600  # seconds one training job may run
     train_every_annotations: int = 0  # 0 = off; else train after this many new annotations in a project
@@ -245,11 +269,13 @@ class Settings:
             precision=env.get("SAG_PRECISION") or cls.precision,
             init_preset=env.get("SAG_INIT_PRESET") or cls.init_preset,
             entity_cache_mb=_int(env, "SAG_ENTITY_CACHE_MB", cls.entity_cache_mb, 0),
+            mask_refine=_mask_refine(env, "SAG_MASK_REFINE", cls.mask_refine),
             label_studio_url=ls_url,
             label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or env.get("LABEL_STUDIO_ACCESS_TOKEN") or None),
             local_files_root=env.get("LOCAL_FILES_DOCUMENT_ROOT") or None,
             text_field=env.get("SAG_TEXT_FIELD") or cls.text_field,
             label_map=_label_map(env, "SAG_LABEL_MAP"),
+            default_label=env.get("SAG_DEFAULT_LABEL", "").strip() or None,
             max_text_chars=_int(env, "SAG_MAX_TEXT_CHARS", cls.max_text_chars, 1),
             polygon_tolerance=_float(env, "SAG_POLYGON_TOLERANCE", cls.polygon_tolerance),
             allowed_hosts=_list(env, "SAG_ALLOWED_HOSTS"),
@@ -260,6 +286,8 @@ class Settings:
             finetune_steps=_int(env, "SAG_FINETUNE_STEPS", cls.finetune_steps, 1),
             finetune_batch_size=_int(env, "SAG_FINETUNE_BATCH_SIZE", cls.finetune_batch_size, 2),
             finetune_lr=_float(env, "SAG_FINETUNE_LR", cls.finetune_lr),
+            finetune_freeze_image_backbone=_flag(env, "SAG_FINETUNE_FREEZE_IMAGE_BACKBONE",
+                                                 cls.finetune_freeze_image_backbone),
             promote_tolerance=_float(env, "SAG_PROMOTE_TOLERANCE", cls.promote_tolerance, fraction=True),
             training_timeout=_int(env, "SAG_TRAINING_TIMEOUT", cls.training_timeout, 60),
             train_every_annotations=_int(env, "SAG_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_annotations, 0),

@@ -77,7 +77,8 @@ def finetune_config(runtime: Runtime) -> FinetuneConfig:
     s = runtime.settings
     return FinetuneConfig(steps=s.finetune_steps, batch_size=s.finetune_batch_size, lr=s.finetune_lr,
                           tolerance=s.promote_tolerance, precision=s.precision,
-                          checkpoint_every=max(1, min(50, s.finetune_steps // 4)))
+                          checkpoint_every=max(1, min(50, s.finetune_steps // 4)),
+                          freeze_image_backbone=s.finetune_freeze_image_backbone, mask_refine=s.mask_refine)
 
 
 def train_project(runtime: Runtime, request: TrainRequest, report: Callable[[dict[str, Any]], None],

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from .exceptions import TrainingUnavailable
 from .keys import LAST_TRAINING, NEW_ANNOTATIONS, training_key
 from .predictions import PredictionService
 from .runtime import Runtime
@@ -35,12 +36,17 @@ class TrainingService:
         self._lock = threading.Lock()
 
     def submit(self, project_id: int, reason: str) -> dict[str, Any]:
-        """Queue fine-tuning of ``project_id`` (or report the job already queued or running)."""
-        if self.runtime.label_studio is None:
-            log.error("training for project %s not queued: LABEL_STUDIO_URL is not set", project_id)
-            return {"status": "not_configured", "project": project_id,
-                    "detail": "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: training pulls the project's tasks "
-                              "through Label Studio's API"}
+        """Queue fine-tuning of ``project_id`` (or report the job already queued or running). Raises
+        :class:`~backend.exceptions.TrainingUnavailable` when the backend cannot reach Label Studio's API (no
+        LABEL_STUDIO_URL or no LABEL_STUDIO_API_KEY): the job would only fail later, out of the annotator's sight."""
+        missing = [name for name, value in (("LABEL_STUDIO_URL", self.settings.label_studio_url),
+                                            ("LABEL_STUDIO_API_KEY", self.settings.label_studio_api_key)) if not value]
+        if missing:
+            message = (f"Training cannot start: the ML backend has no {' and no '.join(missing)}; set "
+                       "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY where it runs (training reads the project's tasks "
+                       "through Label Studio's API)")
+            log.error("training for project %s not queued: %s", project_id, message)
+            raise TrainingUnavailable(message)
         answer = self.queue.submit(project_id, reason)
         if answer["status"] == "queued":
             self._reset(project_id)
@@ -97,4 +103,8 @@ class TrainingService:
             reason = f"{count} new annotation(s) after {interval} s"
         if reason is None:
             return {"status": "acknowledged", "event": event, "project": project_id, "new_annotations": count}
-        return {"event": event, "project": project_id, "trigger": reason, **self.submit(project_id, reason)}
+        try:
+            answer = self.submit(project_id, reason)
+        except TrainingUnavailable as exc:  # an annotation webhook's answer is not shown to anyone: log and report
+            answer = {"status": "not_configured", "detail": str(exc)}
+        return {"event": event, "project": project_id, "trigger": reason, **answer}

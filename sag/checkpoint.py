@@ -45,7 +45,8 @@ class CheckpointInfo:
     metadata: dict[str, Any]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -93,7 +94,7 @@ def save_pretrained(model: "SaG", directory: str | Path, metadata: dict[str, Any
             os.fsync(fh.fileno())
         _write_json(tmp / CONFIG, model.config.to_dict())
         model.text_encoder.save_backbone_files(tmp)
-        sha = _sha256(tmp / WEIGHTS)
+        sha = file_sha256(tmp / WEIGHTS)
         now = datetime.now(timezone.utc)
         meta = {
             "format_version": FORMAT_VERSION,

@@ -2,15 +2,16 @@
 # End-to-end suite with a real Label Studio 1.23.2 (about 2 minutes on 2 cores; the first run installs Label Studio
 # and Chromium, about 3 minutes more). Label Studio pins rq/redis versions that conflict with ours, so it gets its own virtual
 # environment, .venv-labelstudio, with Playwright for the screenshot; Chromium comes from Debian.
-# The screenshot of the labelling UI lands in runs/e2e/labeling-ui.png. Extra arguments go to pytest.
+# Label Studio is started by scripts/label-studio.sh, the recipe users run. Screenshots of the labelling UI land in
+# runs/e2e/ (labeling-ui.png, demo-task.png). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 LS_VENV=.venv-labelstudio
-if [ ! -x "$LS_VENV/bin/label-studio" ] || [ ! -d "$LS_VENV/lib/python3.11/site-packages/playwright" ]; then
-    echo "e2e: installing label-studio==1.23.2 and playwright into $LS_VENV"
-    python3 -m venv "$LS_VENV"
-    "$LS_VENV/bin/python" -m pip install --quiet "label-studio==1.23.2" playwright
+bash scripts/label-studio.sh --install-only  # the same install the suite's Label Studio is started by
+if ! "$LS_VENV/bin/python" -c "import playwright" 2>/dev/null; then
+    echo "e2e: installing playwright into $LS_VENV (the labelling-UI screenshots)"
+    "$LS_VENV/bin/python" -m pip install --quiet playwright
 fi
 if ! command -v chromium >/dev/null 2>&1; then
     echo "e2e: installing Chromium (Debian package) for the labelling-UI screenshot"

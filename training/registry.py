@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sag import read_metadata
 
+from .checkpoint_transfer import (CheckpointError, copy_checkpoint, fetch_source, is_archive, push_to_hub,
+                                  validate_checkpoint, write_archive)
+
 if TYPE_CHECKING:
     from redis import Redis
 
@@ -109,6 +112,71 @@ class Registry:
                 return self.get(info.version)
             raise
         return Version(info.version, final, info.metadata)
+
+    def import_checkpoint(self, source: str, revision: str | None = None) -> tuple[Version, bool]:
+        """Store the checkpoint at ``source`` (a ``save_pretrained`` directory, a .tar.gz / .zip of one, or a
+        Hugging Face hub repository id) as a version, under its own version id, without promoting it.
+
+        The checkpoint is validated first (:func:`~training.checkpoint_transfer.validate_checkpoint`: files, JSON,
+        format version, weights against their hash, and a load on the CPU), copied under a hidden name, checked
+        again and renamed into place. Returns the version and whether it was new (importing the same weights again
+        returns the stored version). Raises :class:`RegistryError` saying what is wrong."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".import-", dir=self.root) as work:
+            try:
+                directory, origin = fetch_source(source, Path(work), revision)
+                metadata = validate_checkpoint(directory)
+                version = metadata["version"]
+                if (self.root / version).exists():
+                    existing = self.get(version)
+                    if existing.metadata.get("weights_sha256") != metadata.get("weights_sha256"):
+                        raise RegistryError(f"version {version} is already stored with other weights")
+                    return existing, False
+                staging = Path(work) / "version"
+                copy_checkpoint(directory, staging)
+                validate_checkpoint(staging, load=False)  # the copy is what will be served
+                stored = json.loads((staging / "metadata.json").read_text(encoding="utf-8"))
+                stored["imported_from"] = origin
+                _write_atomic(staging / "metadata.json", json.dumps(stored, indent=2, sort_keys=True))
+            except CheckpointError as exc:
+                raise RegistryError(f"cannot import {source}: {exc}") from None
+            try:
+                os.rename(staging, self.root / version)
+            except OSError:
+                if (self.root / version).is_dir():  # imported by another process meanwhile
+                    return self.get(version), False
+                raise
+        log.info("registry: imported %s from %s", version, origin)
+        return self.get(version), True
+
+    def export(self, version: str, target: str | Path | None = None, push_to: str | None = None,
+               private: bool = False) -> list[str]:
+        """Write stored ``version`` to ``target`` (a new directory, or an archive when the name ends in .tar.gz,
+        .tgz, .tar or .zip) and/or upload it to the hub repository ``push_to``; returns where it went. The version's
+        files are copied as stored, so ``import_checkpoint`` of the result gives back the same version id."""
+        found = self.get(version)
+        written: list[str] = []
+        try:
+            if target is not None:
+                target = Path(target).expanduser()
+                if is_archive(target):
+                    if target.exists():
+                        raise RegistryError(f"{target} already exists")
+                    write_archive(found.path, target, found.id)
+                else:
+                    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                        raise RegistryError(f"{target} already exists and is not an empty directory")
+                    if target.is_dir():
+                        target.rmdir()
+                    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+                    shutil.copytree(found.path, staging)
+                    os.rename(staging, target)
+                written.append(str(target))
+            if push_to:
+                written.append(push_to_hub(found.path, push_to, f"SaG Assist model version {found.id}", private))
+        except CheckpointError as exc:
+            raise RegistryError(f"cannot export {version}: {exc}") from None
+        return written
 
     # ---- the pointer ------------------------------------------------------------------------------------------
     def current(self) -> str | None:
@@ -225,7 +293,7 @@ def open_registry(model_dir: str | Path | None = None, redis_url: str | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``sag-models``: list, show, promote and roll back checkpoint versions."""
+    """``sag-models``: list, show, promote, roll back, import and export checkpoint versions."""
     parser = argparse.ArgumentParser(prog="sag-models", description=main.__doc__)
     parser.add_argument("--model-dir", help="registry directory (default: $SAG_MODEL_DIR or ./models)")
     parser.add_argument("--redis-url", help="Redis holding the current pointer (default: $REDIS_URL; none = files)")
@@ -236,7 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     promote.add_argument("version")
     rollback = sub.add_parser("rollback", help="serve VERSION again (default: the one before the current)")
     rollback.add_argument("version", nargs="?")
+    importer = sub.add_parser("import", help="store a checkpoint: a save_pretrained directory, a .tar.gz/.zip of "
+                                             "one, or a Hugging Face hub repository id (validated first)")
+    importer.add_argument("source")
+    importer.add_argument("--revision", help="hub branch, tag or commit (hub sources only)")
+    importer.add_argument("--promote", action="store_true", help="serve it once stored")
+    exporter = sub.add_parser("export", help="write VERSION to a directory or archive (.tar.gz/.zip) and/or push "
+                                             "it to a Hugging Face hub repository")
+    exporter.add_argument("version")
+    exporter.add_argument("target", nargs="?", help="a new directory, or an archive name ending in .tar.gz or .zip")
+    exporter.add_argument("--push-to-hub", metavar="REPO", help="upload to this hub repository (owner/name)")
+    exporter.add_argument("--private", action="store_true", help="create the hub repository as private")
     args = parser.parse_args(argv)
+    if args.command == "export" and not (args.target or args.push_to_hub):
+        parser.error("export needs a TARGET directory or archive, or --push-to-hub REPO")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     registry = open_registry(args.model_dir, args.redis_url)
@@ -252,6 +333,16 @@ def main(argv: list[str] | None = None) -> int:
             print(registry.current() or "")
         elif args.command == "promote":
             print(registry.promote(args.version).id)
+        elif args.command == "import":
+            version, new = registry.import_checkpoint(args.source, args.revision)
+            if not new:
+                log.info("version %s was already stored", version.id)
+            if args.promote:
+                registry.promote(version.id)
+            print(version.id)
+        elif args.command == "export":
+            for where in registry.export(args.version, args.target, args.push_to_hub, args.private):
+                print(where)
         else:
             print(registry.rollback(args.version).id)
     except RegistryError as exc:

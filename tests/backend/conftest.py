@@ -49,6 +49,28 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def wait_for(condition: Callable[[], object], timeout: float, what: str):
+    """Poll ``condition`` every 0.1 s until it is truthy and return its value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate ``procs`` (SIGTERM, then SIGKILL after 20 s) and reap them."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """Real photographs bundled with scikit-image (public domain / CC0)."""
@@ -266,12 +288,4 @@ def start_workers(redis_url: str, registry_dir: Path) -> Iterator[Callable[..., 
         return new
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes(procs)

@@ -60,9 +60,11 @@ def test_predict_returns_brush_rle_equal_to_the_model_mask(model_dir, http_serve
     expected = reference.predict(
         [photos["astronaut"], photos["coffee"], photos["coffee"]],
         ["the astronaut in a white suit", "the cup of coffee", "the spoon"],
+        refine=Settings().mask_refine,  # the backend refines every mask (SAG_MASK_REFINE, default guided)
     )
     regions = results[0]["result"] + results[1]["result"]
-    assert [r["value"]["brushlabels"] for r in regions] == [["Person"], ["Person"], ["Person"]]
+    # "astronaut" is a predicted value of Person; a cup and a spoon are objects (backend/label_words.py).
+    assert [r["value"]["brushlabels"] for r in regions] == [["Person"], ["Object"], ["Object"]]
     for region, seg, photo in zip(regions, expected, ["astronaut", "coffee", "coffee"]):
         height, width = photos[photo].shape[:2]
         assert (region["original_height"], region["original_width"]) == (height, width)
@@ -70,6 +72,19 @@ def test_predict_returns_brush_rle_equal_to_the_model_mask(model_dir, http_serve
         np.testing.assert_array_equal(decoded, seg.mask.numpy())
         assert region["score"] == pytest.approx(seg.score, abs=1e-6)
     assert {r["model_version"] for r in results} == {version}
+
+
+def test_sag_default_label_labels_texts_nothing_else_matches(model_dir, http_server, photos):
+    base, served = http_server
+    served.files["/coffee.png"] = (png_bytes(photos["coffee"]), "image/png")
+    assert Settings.from_env({"SAG_DEFAULT_LABEL": " Cat "}).default_label == "Cat"
+    client = make_client(model_dir, default_label="Cat")
+    tasks = [{"id": 1, "data": {"image": f"{base}/coffee.png", "text": ["the one on the left", "the cup"]}}]
+    regions = predict(client, tasks)["results"][0]["result"]
+    assert [r["value"]["brushlabels"] for r in regions] == [["Cat"], ["Object"]]
+    wrong = make_client(model_dir, default_label="Car")
+    answer = predict(wrong, tasks)["results"][0]
+    assert "SAG_DEFAULT_LABEL='Car' is not a label of <mask>" in answer["error"]
 
 
 def test_polygon_config_gets_brush_and_polygon_regions(model_dir, http_server, photos):
@@ -211,12 +226,38 @@ def test_malformed_requests_and_webhooks(model_dir):
     odd_context = client.post("/predict", json={"tasks": [], "label_config": LABEL_CONFIG, "params": {"context": []}})
     assert odd_context.status_code == 200 and odd_context.get_json() == {"results": []}
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).get_json() == {"status": "Unknown event"}
-    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
-    assert response.status_code == 201 and response.get_json()["result"]["status"] == "not_configured"
     results = predict(client, [{"id": 1, "data": {"image": "x", "text": "y"}}])["results"]
     assert "error" in results[0]
     bad_config = client.post("/predict", json={"tasks": [{"id": 1, "data": {}}], "label_config": "<View/>"})
     assert "no <Image" in bad_config.get_json()["results"][0]["error"]
+
+
+@pytest.mark.parametrize("overrides, missing", [
+    ({}, "no LABEL_STUDIO_URL and no LABEL_STUDIO_API_KEY"),
+    ({"label_studio_url": "http://127.0.0.1:8080"}, "no LABEL_STUDIO_API_KEY"),
+    ({"label_studio_api_key": "a-key-0123456789"}, "no LABEL_STUDIO_URL"),
+])
+def test_start_training_that_cannot_run_is_an_http_error_with_the_reason(model_dir, overrides, missing):
+    # Label Studio keeps only the status line of a failed /webhook call (see tests/e2e/test_training_e2e.py), so
+    # the reason phrase carries the message; the body has it too, for other clients.
+    client = make_client(model_dir, **overrides)
+    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
+    assert response.status_code == 503
+    assert response.status.startswith(f"503 Training cannot start: the ML backend has {missing};")
+    assert "\r" not in response.status and "\n" not in response.status
+    assert response.get_json() == {"status": "error", "error": response.status.removeprefix("503 ")}
+    script = client.post("/training/3")  # the same from a script
+    assert script.status_code == 503 and missing in script.get_json()["error"]
+    assert client.get("/training/3").status_code == 404  # nothing was queued
+
+
+def test_an_annotation_that_triggers_unconfigured_training_is_only_reported(model_dir):
+    # Label Studio ignores annotation webhooks' answers and waits 1 s for them: no error status there.
+    client = make_client(model_dir, train_every_annotations=1)
+    response = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 3}})
+    assert response.status_code == 201
+    result = response.get_json()["result"]
+    assert result["status"] == "not_configured" and "no LABEL_STUDIO_URL" in result["detail"]
 
 
 def test_the_api_key_never_reaches_the_logs(model_dir, http_server, photos, caplog):
@@ -230,3 +271,54 @@ def test_the_api_key_never_reaches_the_logs(model_dir, http_server, photos, capl
     assert "HTTP 401" in results[0]["error"]
     assert caplog.records and key not in caplog.text
     assert key not in repr(Settings.from_env({"LABEL_STUDIO_API_KEY": key}))
+
+
+def test_mask_refinement_setting_reaches_the_rle_and_follows_image_edges(tmp_path, http_server, photos):
+    """SAG_MASK_REFINE: the brush RLE Label Studio receives is the refined mask, at the image's size, and its
+    edges sit on the image's edges: on a real photo the image gradient along the mask's boundary is higher, and on
+    a two-region picture whose true edge is known the boundary F-score against that region is higher."""
+    from sag.metrics import boundary_f_score, mask_boundary
+
+    torch.manual_seed(0)  # a model of our own: its (random) maps must be the same on every run
+    model = SaG(tiny_config())
+    registry = Registry(tmp_path / "models")
+    registry.promote(registry.add(model, {"preset": "tiny", "trained": False}).id)
+    # two flat-ish regions split at column 137, which is on no patch-grid line
+    height, width, edge = 240, 320, 137
+    noise = np.random.default_rng(0).integers(-12, 13, size=(height, width, 3))
+    regions = np.zeros((height, width, 3), dtype=int)
+    regions[:, :edge], regions[:, edge:] = (205, 80, 60), (50, 110, 190)
+    two_regions = np.clip(regions + noise, 0, 255).astype(np.uint8)
+    base, served = http_server
+    served.files["/astronaut.png"] = (png_bytes(photos["astronaut"]), "image/png")
+    served.files["/regions.png"] = (png_bytes(two_regions), "image/png")
+    tasks = [{"id": 1, "data": {"image": f"{base}/astronaut.png", "text": "the astronaut"}},
+             {"id": 2, "data": {"image": f"{base}/regions.png", "text": "the red region on the left"}}]
+
+    def masks(**settings):
+        results = predict(make_client(tmp_path / "models", **settings), tasks)["results"]
+        out = []
+        for result, image in zip(results, (photos["astronaut"], two_regions)):
+            [region] = result["result"]
+            assert (region["original_height"], region["original_width"]) == image.shape[:2]
+            out.append(rle_to_mask(region["value"]["rle"], *image.shape[:2]).astype(bool))
+        return out
+
+    (photo_plain, regions_plain), (photo_refined, regions_refined) = masks(mask_refine="none"), masks()
+    assert Settings().mask_refine == "guided"  # the default, chosen from bench/README.md's measurement
+    # the RLE is the model's refined mask, bit for bit, and refinement changed it
+    expected, _ = model.predict([photos["astronaut"], two_regions], ["the astronaut", "the red region on the left"],
+                                refine="guided")  # one batch, as the backend's, so float rounding is the same
+    np.testing.assert_array_equal(photo_refined, expected.mask.numpy())
+    assert (photo_refined != photo_plain).mean() > 0.05
+
+    gray = photos["astronaut"].astype(float).mean(axis=2)
+    gradient = np.hypot(*np.gradient(gray))
+    plain_edge = gradient[mask_boundary(photo_plain)].mean()
+    refined_edge = gradient[mask_boundary(photo_refined)].mean()
+    assert refined_edge > 1.5 * plain_edge  # about 9 -> 29 grey levels per pixel: the boundary moved onto edges
+
+    left = np.zeros((height, width), dtype=bool)
+    left[:, :edge] = True
+    truth = left if (regions_plain & left).sum() >= (regions_plain & ~left).sum() else ~left  # the region it chose
+    assert boundary_f_score(regions_refined, truth) > max(0.9, boundary_f_score(regions_plain, truth) + 0.3)

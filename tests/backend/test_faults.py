@@ -34,17 +34,10 @@ from backend.settings import Settings
 from backend.worker import live_workers, liveness_window
 from training.registry import Registry
 
-from .conftest import LABEL_CONFIG, png_bytes
+from .conftest import LABEL_CONFIG, png_bytes, stop_processes, wait_for
 
 KEY = "k-0123456789"
 
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def free_port() -> int:
@@ -126,15 +119,7 @@ def worker_procs(tmp_path: Path):
         return new
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes(procs)
 
 
 def logs(tmp_path: Path) -> str:
@@ -245,8 +230,10 @@ def test_a_worker_killed_during_the_write_back_post_leaves_one_prediction_per_ta
     assert served.prediction_counts() == {(t["id"], version): 1 for t in tasks}
     imports = [path for path, _ in served.posted if path.endswith("/import/predictions")]
     assert len(imports) == 1  # the retry found the killed run's predictions stored and imported nothing
+    # The batch is counted inside the job; RQ marks the job finished just after it returns.
     done = Job.fetch(job_id, connection=conn)
-    assert done.get_status() == JobStatus.FINISHED and done.worker_name != victim_name
+    wait_for(lambda: done.get_status(refresh=True) == JobStatus.FINISHED, 30, "RQ to mark the job finished")
+    assert done.worker_name != victim_name
 
 
 # ---- acceptance: a dead worker is not counted ------------------------------------------------------------------

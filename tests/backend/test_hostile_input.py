@@ -39,7 +39,7 @@ from backend.settings import Settings
 from sag import SaG, tiny_config
 from training.registry import Registry
 
-from .conftest import LABEL_CONFIG, png_bytes
+from .conftest import LABEL_CONFIG, png_bytes, wait_for
 
 PROJECT = 7
 MARKER = "proxy-debug-page-4f1c"  # text of the echoing error page, to show its excerpt did reach the job error
@@ -62,13 +62,6 @@ def make_client(model_dir: Path, **overrides):
                                  **overrides)
     return create_app(settings).test_client()
 
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 # ---- wrongly typed fields -----------------------------------------------------------------------------------------

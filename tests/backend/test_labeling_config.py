@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backend.exceptions import LabelConfigError
 from backend.labeling_config import parse_labeling_config
 
 from .conftest import LABEL_CONFIG
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_with_text_field_prompt_and_labels():
@@ -18,7 +22,8 @@ def test_config_with_text_field_prompt_and_labels():
     config.require_text_source("text")
     assert config.label_for("the astronaut on the left", {}) == "Person"  # predicted_values
     assert config.label_for("a sleeping cat", {}) == "Cat"  # the label named in the text
-    assert config.label_for("the red mug", {}) == "Person"  # the first label otherwise
+    assert config.label_for("the red mug", {}) == "Object"  # by meaning: a mug is an object
+    assert config.label_for("the one on the left", {}) == "Object"  # unknown: the generic label, not the first
     assert config.label_for("the red mug", {"mug": "Object"}) == "Object"  # SAG_LABEL_MAP wins
     with pytest.raises(LabelConfigError, match="not a label"):
         config.label_for("the mug", {"mug": "Cup"})
@@ -62,3 +67,58 @@ def test_a_polygon_control_with_its_own_labels_gets_its_own_label():
     assert config.label_for("the man on the left", {"man": "Person"}) == "Person"
     assert config.label_for("the man on the left", {"man": "Person"}, config.polygon) == "Man"
     assert config.label_for("the red mug", {"man": "Person"}, config.polygon) == "Outline"
+
+
+@pytest.fixture(scope="module")
+def example_config():
+    """examples/label-config.xml: Person (predicted_values man, woman, ...), Animal (cat, dog, ...), Object."""
+    return parse_labeling_config((ROOT / "examples" / "label-config.xml").read_text())
+
+
+@pytest.mark.parametrize("text, label", [
+    ("the cup of coffee", "Object"),  # "coffee" names no label and no predicted value: its head noun "cup" does
+    ("the flag on the left", "Object"),
+    ("the man", "Person"),  # a predicted value
+    ("the two puppies", "Animal"),  # plural of a noun of the built-in list
+    ("the baseball player", "Person"),  # the head noun ends the first noun phrase ...
+    ("the coffee cup on the table", "Object"),  # ... and prepositions end the phrase
+    ("the building behind the horse", "Object"),  # an -ing noun is not taken for a verb
+    ("the hot dog", "Object"),  # a two-word noun is not a dog
+    ("the one next to the cat", "Animal"),  # no noun in the first phrase: the next one named
+    ("the man holding a cat", "Person"),  # several labels named: the head noun decides ...
+    ("the cat next to the man", "Animal"),  # ... whatever the labels' order
+    ("two astronauts", "Person"),  # a predicted value in the plural
+])
+def test_label_by_meaning_with_the_example_config(example_config, text, label):
+    assert example_config.label_for(text, {}) == label
+
+
+def test_a_specific_label_beats_a_generic_one_and_the_map_still_wins(example_config):
+    config = parse_labeling_config(
+        "<View><Image name='image' value='$image'/><Text name='text' value='$text'/>"
+        "<BrushLabels name='mask' toName='image'><Label value='Object'/><Label value='Vehicle'/>"
+        "<Label value='Food'/></BrushLabels></View>")
+    assert config.label_for("the red truck", {}) == "Vehicle"  # a truck is also an Object: the specific label wins
+    assert config.label_for("the bowl of soup", {}) == "Object"
+    assert config.label_for("the pizza", {}) == "Food"
+    assert config.label_for("the pizza", {"pizza": "Object"}) == "Object"
+    assert example_config.label_for("the cup", {"cup": "Animal"}) == "Animal"
+
+
+def test_default_label_is_the_fallback_and_must_be_a_label(example_config):
+    assert example_config.label_for("the one on the left", {}, default_label="Animal") == "Animal"
+    assert example_config.label_for("the cup of coffee", {}, default_label="Animal") == "Object"  # meaning first
+    with pytest.raises(LabelConfigError, match="SAG_DEFAULT_LABEL='Car' is not a label of <mask>"):
+        example_config.label_for("the one on the left", {}, default_label="Car")
+    no_generic = parse_labeling_config(LABEL_CONFIG.replace('<Label value="Object"/>', ""))
+    assert no_generic.label_for("the one on the left", {}) == "Person"  # no generic label: the first one
+
+
+def test_repeated_text_tags_show_the_text_field(example_config):
+    # <Repeater on="$text"><Text value="$text[{{idx}}]"/></Repeater> shows data.text, one line per item.
+    assert example_config.text_keys == ("text",)
+    config = parse_labeling_config(
+        "<View><Image name='image' value='$image'/><Repeater on='$captions' indexFlag='{{idx}}'>"
+        "<Text name='t_{{idx}}' value='$captions[{{idx}}]'/></Repeater>"
+        "<BrushLabels name='mask' toName='image'><Label value='Object'/></BrushLabels></View>")
+    config.require_text_source("captions")  # no prompt: the repeated field is the text source

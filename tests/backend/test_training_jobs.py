@@ -30,20 +30,13 @@ from backend.settings import Settings
 from sag import SaG
 from training.registry import Registry, RegistryError
 
-from .conftest import LABEL_CONFIG, png_bytes
+from .conftest import LABEL_CONFIG, png_bytes, wait_for
 
 PROJECT = 7
 KEY = "k-train-0123456789"
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 40),
            "purple": (150, 50, 190), "orange": (245, 135, 25)}
 
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def scenes(served, base: str) -> list[tuple[str, str, np.ndarray]]:
@@ -202,7 +195,8 @@ def test_a_candidate_trained_on_shuffled_texts_is_not_promoted(redis_url, model_
     tasks = []
     for i, (url, text, pixels) in enumerate(images[:3]):
         with torch.no_grad():
-            [seg] = serving.predict([Image.fromarray(pixels)], [text])
+            # refined as the backend serves them: fine-tuning validation scores the served masks
+            [seg] = serving.predict([Image.fromarray(pixels)], [text], refine=Settings.mask_refine)
         tasks.append({"id": 100 + i, "data": {"image": url, "text": text},
                       "annotations": [brush_annotation(seg.mask.cpu().numpy(), text)]})
     for i, (url, _, _) in enumerate(images):
@@ -330,3 +324,14 @@ def test_training_settings_name_the_variable_that_is_wrong():
                         ("SAG_FINETUNE_LR", "0"), ("SAG_REFRESH_PRELABELS", "maybe"), ("SAG_FINETUNE_STEPS", "x")):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
+
+
+def test_fine_tuning_freezes_the_backbone_and_validates_the_served_masks_as_configured():
+    from backend.runtime import Runtime
+    from backend.training_jobs import finetune_config
+
+    default = finetune_config(Runtime(Settings.from_env({})))
+    assert not default.freeze_image_backbone and default.mask_refine == Settings.mask_refine
+    chosen = finetune_config(Runtime(Settings.from_env({"SAG_FINETUNE_FREEZE_IMAGE_BACKBONE": "true",
+                                                         "SAG_MASK_REFINE": "none"})))
+    assert chosen.freeze_image_backbone and chosen.mask_refine == "none"

@@ -22,7 +22,7 @@ from backend.settings import Settings
 from sag import SaG, tiny_config
 from training.registry import Registry
 
-from .conftest import LABEL_CONFIG, png_bytes
+from .conftest import LABEL_CONFIG, png_bytes, wait_for
 
 
 def redis_client(redis_url, model_dir, **overrides):
@@ -35,13 +35,6 @@ def predict(client, tasks, project="4.1700000000"):
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()
 
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def test_one_worker_serves_many_jobs_with_one_model_load(redis_url, registry_dir, start_workers, http_server,

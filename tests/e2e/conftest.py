@@ -19,6 +19,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 LS_VENV = Path(os.environ.get("SAG_E2E_LS_VENV", ROOT / ".venv-labelstudio"))
 TOKEN = "sag-e2e-legacy-token-0123456789"
+EMAIL, PASSWORD = "e2e@example.com", "e2e-password-123"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -61,21 +62,26 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Label Studio 1.23.2 on localhost with a superuser whose legacy token is TOKEN."""
-    data = tmp_path_factory.mktemp("label-studio")
+def label_studio_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Label Studio's data directory (its SQLite database is ``label_studio.sqlite3``); local files under
+    ``files/``."""
+    return tmp_path_factory.mktemp("label-studio")
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_data: Path) -> Iterator[str]:
+    """Label Studio 1.23.2 on localhost with a superuser whose legacy token is TOKEN, started by
+    ``scripts/label-studio.sh`` (the recipe users run), with local files served from ``label_studio_data/files``."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}  # LS reads bare names too
-    env.update({
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": "e2e@example.com",
-        "LABEL_STUDIO_PASSWORD": "e2e-password-123", "LABEL_STUDIO_USER_TOKEN": TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
-        "SSRF_PROTECTION_ENABLED": "false", "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false",
-    })
-    log = data / "label-studio.log"
+    env = {**os.environ, "SAG_LS_PORT": str(port), "SAG_LS_DATA": str(label_studio_data),
+           "SAG_LS_VENV": str(LS_VENV), "LABEL_STUDIO_USERNAME": EMAIL, "LABEL_STUDIO_PASSWORD": PASSWORD,
+           "LABEL_STUDIO_USER_TOKEN": TOKEN}
+    env.pop("LOCAL_FILES_DOCUMENT_ROOT", None)  # the script's default: <data>/files
+    log = label_studio_data / "script.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(LS_VENV / "bin" / "label-studio"), "start", "--no-browser", "--port", str(port),
-                                 "--internal-host", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        # The script starts Label Studio in the background and waits on it; SIGTERM to the script stops both.
+        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "label-studio.sh")], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 600, proc, log)
         yield f"http://127.0.0.1:{port}"

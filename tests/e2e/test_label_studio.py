@@ -1,11 +1,17 @@
 """End to end with a real Label Studio 1.23.2: project with our config, real images and texts, connect the backend,
-retrieve predictions, check what Label Studio stored, interactive prompt, and a screenshot of the labelling UI."""
+retrieve predictions, check what Label Studio stored, interactive prompt, screenshots of the labelling UI, and the
+demo project of ``scripts/label-studio.sh --demo``.
+
+examples/label-config.xml shows ``data.text`` with a Repeater (one line per text), so Label Studio wants a list there:
+single texts are written ``["the cat"]``."""
 
 from __future__ import annotations
 
 import io
 import os
+import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +22,7 @@ from PIL import Image
 
 from backend.results import rle_to_mask
 
-from .conftest import LS_VENV, ROOT, TOKEN
+from .conftest import EMAIL, LS_VENV, PASSWORD, ROOT, TOKEN
 
 pytestmark = pytest.mark.e2e
 
@@ -75,8 +81,8 @@ def test_label_studio_stores_our_predictions(label_studio, start_backend, upload
     project = ls.call("POST", "/api/projects", json={"title": "SaG e2e", "label_config": CONFIG})["id"]
     ls.call("POST", f"/api/projects/{project}/import", json=[
         {"data": {"image": urls["astronaut"], "text": ["the astronaut in a white suit", "the flag"]}},
-        {"data": {"image": urls["chelsea"], "text": "the cat"}},
-        {"data": {"image": "http://169.254.169.254/latest/meta-data/", "text": "the cat"}},  # refused: no prediction
+        {"data": {"image": urls["chelsea"], "text": ["the cat"]}},
+        {"data": {"image": "http://169.254.169.254/latest/meta-data/", "text": ["the cat"]}},  # refused: none
     ])
     tasks = project_tasks(ls, project)
 
@@ -100,6 +106,7 @@ def test_label_studio_stores_our_predictions(label_studio, start_backend, upload
             mask = rle_to_mask(region["value"]["rle"], height, width)
             assert 0 < mask.sum() < mask.size
     assert by_task[tasks[0]["id"]]["result"][0]["value"]["brushlabels"] == ["Person"]  # "astronaut" -> Person
+    assert by_task[tasks[0]["id"]]["result"][1]["value"]["brushlabels"] == ["Object"]  # "flag": by meaning
     assert by_task[tasks[1]["id"]]["result"][0]["value"]["brushlabels"] == ["Animal"]  # "cat" -> Animal
 
     # Interactive: the annotator types a prompt; Label Studio posts it in the context.
@@ -112,7 +119,7 @@ def test_label_studio_stores_our_predictions(label_studio, start_backend, upload
 
 
     ls.call("PATCH", f"/api/projects/{project}", json={"model_version": version, "show_collab_predictions": True})
-    screenshot(label_studio, project, tasks[1]["id"])
+    screenshot(label_studio, f"/projects/{project}/data?task={tasks[1]['id']}", "labeling-ui.png")
 
 
 def test_bulk_prelabelling_through_redis_workers_is_written_back(label_studio, start_backend, uploaded):
@@ -124,7 +131,7 @@ def test_bulk_prelabelling_through_redis_workers_is_written_back(label_studio, s
         backend = start_backend(redis_url, SAG_SYNC_MAX_TASKS="2", SAG_BATCH_SIZE="2")
         project = ls.call("POST", "/api/projects", json={"title": "SaG bulk", "label_config": CONFIG})["id"]
         ls.call("POST", f"/api/projects/{project}/import", json=[
-            {"data": {"image": urls[name], "text": f"the {word}"}}
+            {"data": {"image": urls[name], "text": [f"the {word}"]}}
             for name, word in (("astronaut", "woman"), ("chelsea", "cat"), ("coffee", "cup"), ("chelsea", "ear"),
                                ("coffee", "saucer"))
         ])
@@ -149,15 +156,45 @@ def test_bulk_prelabelling_through_redis_workers_is_written_back(label_studio, s
         assert [(w["model_loads"], w["images_encoded"]) for w in workers] == [(1, 3)]  # 5 tasks, 3 images
 
 
-def screenshot(label_studio: str, project: int, task: int) -> None:
-    """Open the task in the labelling UI with headless Chromium and save a screenshot (the predicted mask)."""
+def test_demo_project_of_the_label_studio_script(label_studio, label_studio_data, start_backend):
+    """``scripts/label-studio.sh --demo`` runs scripts/label_studio_demo.py once Label Studio is up: photos in the
+    local-files root, a project with a local-files storage, tasks, the backend connected, predictions retrieved."""
+    files = label_studio_data / "files"  # the script's LOCAL_FILES_DOCUMENT_ROOT
+    # As scripts/run-backend.sh does: the backend reads /data/local-files/ images from disk, with no URL or token.
+    backend = start_backend(LOCAL_FILES_DOCUMENT_ROOT=str(files), LABEL_STUDIO_URL="", LABEL_STUDIO_API_KEY="")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "label_studio_demo.py"), "--url", label_studio,
+                          "--token", TOKEN, "--backend", backend, "--document-root", str(files)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["tasks"] == summary["predictions"] == 4
+
+    ls = LS(label_studio)
+    tasks = project_tasks(ls, summary["project"])
+    by_task = {p["task"]: p for p in ls.call("GET", f"/api/predictions?project={summary['project']}")}
+    labels = {tuple(t["data"]["text"]): [r["value"]["brushlabels"][0] for r in by_task[t["id"]]["result"]]
+              for t in tasks}
+    assert labels[("the astronaut in a white suit", "the flag on the left")] == ["Person", "Object"]
+    assert labels[("the cat",)] == ["Animal"] and labels[("the cup of coffee",)] == ["Object"]
+    # Label Studio itself serves the photos to the browser (same origin: no CORS needed).
+    image = ls.session.get(label_studio + tasks[0]["data"]["image"], timeout=30)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (512, 512)  # skimage's astronaut
+
+    # A second run finds the project instead of making another.
+    again = subprocess.run(run.args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1]) == summary
+    screenshot(label_studio, summary["task_url"].removeprefix(label_studio), "demo-task.png")
+
+
+def screenshot(label_studio: str, page: str, name: str) -> None:
+    """Open ``page`` (a task in the labelling UI) with headless Chromium and save a screenshot to ``name``."""
     chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
     if chromium is None:
         pytest.skip("no Chromium for the screenshot (apt-get install chromium)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    out = ARTIFACTS / "labeling-ui.png"
+    out = ARTIFACTS / name
     subprocess.run([str(LS_VENV / "bin" / "python"), str(Path(__file__).with_name("screenshot.py")), chromium,
-                    label_studio, "e2e@example.com", "e2e-password-123", f"/projects/{project}/data?task={task}",
-                    str(out)], check=True, timeout=180)
+                    label_studio, EMAIL, PASSWORD, page, str(out)], check=True, timeout=180)
     image = np.asarray(Image.open(out).convert("RGB"))
     assert image.shape[0] > 300 and image.std() > 10  # a rendered page, not a blank one

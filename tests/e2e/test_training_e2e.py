@@ -1,8 +1,10 @@
 """Start Training with a real Label Studio 1.23.2: the training action through LS's API (what the model card's
-"Start Training" menu does), the fine-tuning job in the backend, and the new version on the next predictions."""
+"Start Training" menu does), the fine-tuning job in the backend, and the new version on the next predictions; and a
+Start Training that cannot run, which Label Studio must record as an error."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -25,9 +27,9 @@ def test_start_training_from_label_studio_serves_a_new_version(label_studio, sta
 
     project = ls.call("POST", "/api/projects", json={"title": "SaG training", "label_config": CONFIG})["id"]
     ls.call("POST", f"/api/projects/{project}/import", json=[
-        {"data": {"image": urls["astronaut"], "text": "the astronaut in a white suit"}},
-        {"data": {"image": urls["chelsea"], "text": "the cat"}},
-        {"data": {"image": urls["coffee"], "text": "the cup of coffee"}},
+        {"data": {"image": urls["astronaut"], "text": ["the astronaut in a white suit"]}},
+        {"data": {"image": urls["chelsea"], "text": ["the cat"]}},
+        {"data": {"image": urls["coffee"], "text": ["the cup of coffee"]}},
     ])
     tasks = ls.call("GET", f"/api/tasks?project={project}&page_size=100")
     tasks = sorted(tasks["tasks"] if isinstance(tasks, dict) else tasks, key=lambda t: t["id"])
@@ -69,3 +71,25 @@ def test_start_training_from_label_studio_serves_a_new_version(label_studio, sta
     assert answer["data"]["model_version"] == new
     versions = requests.get(f"{backend}/versions", timeout=10).json()
     assert versions["current"] == new and [v["version"] for v in versions["versions"]] == sorted([old, new])
+
+
+def test_start_training_that_cannot_run_is_an_error_in_label_studio(label_studio, label_studio_data, start_backend):
+    """A backend without LABEL_STUDIO_URL cannot pull the project, so Start Training must fail where Label Studio
+    records it. Label Studio 1.23.2 (ml/api_connector.py, ml/models.py) keeps only requests' one-line HTTPError of a
+    failed /webhook call, "<status> Server Error: <reason> for url: ...", as the model's error_message with state
+    "ER"; its own /api/ml/<id>/train answers 200 with no body whatever happened, and every read of /api/ml re-runs
+    /health and /setup, which overwrites that state; so the test reads what Label Studio stored from its database."""
+    ls = LS(label_studio)
+    backend = start_backend(LABEL_STUDIO_URL="", LABEL_STUDIO_API_KEY="")
+    project = ls.call("POST", "/api/projects", json={"title": "SaG no training", "label_config": CONFIG})["id"]
+    ml = ls.call("POST", "/api/ml", json={"url": backend, "project": project, "title": "SaG"})
+    assert ml["state"] == "CO"
+
+    ls.call("POST", f"/api/ml/{ml['id']}/train", json={})
+    with sqlite3.connect(f"file:{label_studio_data / 'label_studio.sqlite3'}?mode=ro", uri=True) as db:
+        state, message = db.execute("SELECT state, error_message FROM ml_mlbackend WHERE id = ?",
+                                    (ml["id"],)).fetchone()
+    assert state == "ER"
+    assert message.startswith("503 Server Error: Training cannot start: the ML backend has no LABEL_STUDIO_URL")
+    assert "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY" in message
+    assert requests.get(f"{backend}/training/{project}", timeout=10).status_code == 404  # nothing was queued
