@@ -229,7 +229,9 @@ class Settings:
     fetch_timeout: float = 20.0
 
     # Fine-tuning from Label Studio ("Start Training"; see training/finetune.py).
-    finetune_steps: int = 200
+    finetune_steps: int | None = None  # None: SAG_FINETUNE_EPOCHS passes over the pairs, at most _MAX_STEPS
+    finetune_epochs: int = 20
+    finetune_max_steps: int = 200
     finetune_batch_size: int = 16
     finetune_lr: float = 1e-5
     # Keep the image backbone fixed and cache its features (training/feature_cache.py): a CPU step 31-36 s instead
@@ -283,7 +285,9 @@ class Settings:
             max_image_bytes=_int(env, "SAG_MAX_IMAGE_MB", cls.max_image_bytes // 2**20, 1) * 2**20,
             max_image_pixels=_int(env, "SAG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             fetch_timeout=_float(env, "SAG_FETCH_TIMEOUT", cls.fetch_timeout),
-            finetune_steps=_int(env, "SAG_FINETUNE_STEPS", cls.finetune_steps, 1),
+            finetune_steps=_int(env, "SAG_FINETUNE_STEPS", 0, 1) or None,
+            finetune_epochs=_int(env, "SAG_FINETUNE_EPOCHS", cls.finetune_epochs, 1),
+            finetune_max_steps=_int(env, "SAG_FINETUNE_MAX_STEPS", cls.finetune_max_steps, 1),
             finetune_batch_size=_int(env, "SAG_FINETUNE_BATCH_SIZE", cls.finetune_batch_size, 2),
             finetune_lr=_float(env, "SAG_FINETUNE_LR", cls.finetune_lr),
             finetune_freeze_image_backbone=_flag(env, "SAG_FINETUNE_FREEZE_IMAGE_BACKBONE",

@@ -75,9 +75,9 @@ def finetune_config(runtime: Runtime) -> FinetuneConfig:
     """The backend's SAG_FINETUNE_* and SAG_PROMOTE_TOLERANCE settings as :func:`training.finetune.finetune` takes
     them."""
     s = runtime.settings
-    return FinetuneConfig(steps=s.finetune_steps, batch_size=s.finetune_batch_size, lr=s.finetune_lr,
+    return FinetuneConfig(steps=s.finetune_steps, epochs=s.finetune_epochs, max_steps=s.finetune_max_steps,
+                          batch_size=s.finetune_batch_size, lr=s.finetune_lr,
                           tolerance=s.promote_tolerance, precision=s.precision,
-                          checkpoint_every=max(1, min(50, s.finetune_steps // 4)),
                           freeze_image_backbone=s.finetune_freeze_image_backbone, mask_refine=s.mask_refine)
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,7 +47,11 @@ class FinetuneError(RuntimeError):
 class FinetuneConfig:
     """How a project fine-tune runs. The backend builds it from its settings (``SAG_FINETUNE_*``)."""
 
-    steps: int = 200  # optimizer steps
+    # Optimizer steps: ``steps`` when set, else ``epochs`` passes over the pairs capped at ``max_steps``
+    # (see :meth:`steps_for`), so three tasks do not cost 200 steps and ten thousand pairs do not run for days.
+    steps: int | None = None
+    epochs: int = 20
+    max_steps: int = 200
     batch_size: int = 16  # capped at the number of pairs; C^3 draws its negatives from the batch
     lr: float = 1e-5
     tolerance: float = 0.0  # promote when candidate mIoU >= serving mIoU - tolerance
@@ -68,7 +73,9 @@ class FinetuneConfig:
     show_progress: bool = True  # a tqdm bar on stderr
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "min_pairs", "checkpoint_every", "eval_batch_size"):
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        for name in ("epochs", "max_steps", "batch_size", "min_pairs", "checkpoint_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.min_pairs < 2:
@@ -77,6 +84,15 @@ class FinetuneConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.tolerance <= 1.0:
             raise ValueError(f"tolerance is in mIoU (0..1), got {self.tolerance}")
+
+
+    def steps_for(self, pairs: int) -> int:
+        """Optimizer steps for ``pairs`` image-text pairs: ``steps`` if set, else ``epochs`` epochs of batches of
+        ``min(batch_size, pairs)``, at most ``max_steps``."""
+        if self.steps is not None:
+            return self.steps
+        per_epoch = math.ceil(pairs / max(1, min(self.batch_size, pairs)))
+        return max(1, min(self.max_steps, self.epochs * per_epoch))
 
 
 @dataclass(frozen=True)
@@ -242,20 +258,29 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
     from .loop import Trainer, TrainConfig
 
     _prepare_workdir(workdir, _fingerprint(parent, data, config))
-    train_config = TrainConfig(max_steps=config.steps, batch_size=min(config.batch_size, pairs), lr=config.lr,
-                               eval_every=config.checkpoint_every, checkpoint_every=config.checkpoint_every,
+    steps = config.steps_for(pairs)
+    every = max(1, min(config.checkpoint_every, steps // 4))
+    train_config = TrainConfig(max_steps=steps, batch_size=min(config.batch_size, pairs), lr=config.lr,
+                               eval_every=every, checkpoint_every=every,
                                keep_last=1, precision=config.precision, seed=config.seed, resume=True,
-                               log_every=max(1, min(10, config.steps // 10)),
+                               log_every=max(1, min(10, steps // 10)),
                                freeze_image_backbone=config.freeze_image_backbone,
                                # "disk": a killed and re-run job finds its images' features in its workdir
                                feature_cache="disk" if config.feature_cache else "off")
     last_loss: list[float] = []
+    first: list[tuple[int, float]] = []  # (step, time) of the first step this run saw (a resumed run starts late)
 
     def on_step(step: int, total: int, loss: float) -> None:
         last_loss[:] = [loss]
-        report({"stage": "training", "step": step, "total": total, "loss": loss})
+        now = time.monotonic()
+        if not first:
+            first.append((step, now))
+        done, since = step - first[0][0], now - first[0][1]
+        # Estimated from the steps of this run after the first (which pays for loading and the cache).
+        eta = round(since / done * (total - step)) if done > 0 else None
+        report({"stage": "training", "step": step, "total": total, "loss": loss, "eta_s": eta})
 
-    report({"stage": "training", "step": 0, "total": config.steps, "loss": None})
+    report({"stage": "training", "step": 0, "total": steps, "loss": None, "eta_s": None})
     trained = Trainer(model, data.pairs, train_config, workdir, progress=on_step,
                       metadata={"parent": parent}, show_progress=config.show_progress).fit()
 

@@ -63,6 +63,16 @@ def registry(tmp_path) -> Registry:
 FAST = FinetuneConfig(steps=4, batch_size=6, lr=1e-3, checkpoint_every=2, show_progress=False)
 
 
+def test_fine_tuning_steps_follow_the_pair_count_up_to_the_cap():
+    derived = FinetuneConfig(epochs=20, max_steps=200, batch_size=16)
+    assert derived.steps_for(3) == 20  # one batch of 3 per epoch
+    assert derived.steps_for(100) == 20 * 7  # ceil(100 / 16) batches per epoch
+    assert derived.steps_for(1000) == 200  # capped
+    assert FinetuneConfig(steps=5).steps_for(1000) == 5  # an explicit count wins
+    with pytest.raises(ValueError, match="steps"):
+        FinetuneConfig(steps=0)
+
+
 def test_promotion_decision():
     assert promotion_decision(None, None, 0.0, 0).promote  # nothing to validate on
     assert "without validation" in promotion_decision(None, None, 0.0, 0).reason
@@ -114,6 +124,8 @@ def test_finetune_without_masks_promotes_and_records_lineage(scenes, registry, t
     assert meta["trained_on"]["validation_masks"] == 0 and meta["promotion"]["promoted"] is True
     assert [s["step"] for s in steps if s.get("stage") == "training"] == [0, 1, 2, 3, 4]
     assert all(s["total"] == 4 for s in steps if s.get("stage") == "training")
+    etas = [s["eta_s"] for s in steps if s.get("stage") == "training"]
+    assert etas[:2] == [None, None] and all(e >= 0 for e in etas[2:]) and etas[-1] == 0  # from the 2nd step on
     assert not (tmp_path / "run").exists()  # the run's own checkpoints are gone once the version is stored
     assert {p.name: p.read_bytes() for p in registry.get(parent).path.iterdir() if p.is_file()} == serving_files
     assert [v.id for v in registry.versions()] == sorted([parent, result.version])
