@@ -16,7 +16,7 @@ class SaGConfig:
     """Hyper-parameters of Shatter and Gather.
 
     Defaults follow the paper (Sec. 4.1, Table 4a) and the authors' code where the paper is silent
-    (see ``shared/research/sag-official-code.md``).
+    (github.com/kdwonn/SaG: its training scripts and argument parser).
 
     Notes on fields that differ from, or are easy to misread against, the authors' code:
 

@@ -28,7 +28,7 @@ class Preset:
 
 
 def _paper() -> Preset:
-    # The authors' recipe (shared/research/sag-official-code.md): AdamW lr 1e-5, backbones x0.1, wd 1e-4, clip 0.1,
+    # The authors' recipe (kdwonn/SaG's train_eval_unc.sh and argument parser): AdamW lr 1e-5, backbones x0.1, wd 1e-4, clip 0.1,
     # batch 32, 50 epochs, cosine, validation every epoch with the best kept by val mIoU. Their 5000-iteration ramp
     # was on the loss, which Adam largely ignores; a short lr warm-up does the job it was meant to do.
     return Preset(

@@ -37,7 +37,7 @@ def test_paper_config_forward_backward_with_real_minilm():
 
 
 def test_head_parameter_count_matches_the_official_layer_shapes():
-    # Hand count from the authors' layer shapes (shared/research/sag-official-code.md, Sec. 9) for K_g=18:
+    # Hand count from the authors' layer shapes (kdwonn/SaG, model/attention.py and model/aggregator.py) for K_g=18:
     # entity module 7,627,264 + 6,144 (six more Gaussians) + the visual projection (C->512, which our module owns),
     # fusion 4,200,448, decoder MLP 986,497 + our 64-row position tables 2 x 64 x 256.
     config = paper_config(image_backbone="vit_tiny_test", text_backbone="tiny-bert", image_size=64)
