@@ -8,12 +8,12 @@ Quick start::
     seg.mask  # (H, W) bool
 """
 
-from .checkpoint import CheckpointInfo, load_pretrained, read_metadata, save_pretrained
+from .checkpoint import CheckpointInfo, read_metadata, save_pretrained
 from .config import SaGConfig, paper_config, tiny_config
 from .device import autocast, resolve_device
 from .inference import SCHEMES, combine_attention
 from .metrics import SegmentationMetrics, intersection_union, iou
-from .model import ImageEntities, SaG, Segmentation, TrainOutput, head_parameters
+from .model import ImageEntities, SaG, Segmentation, TrainOutput, head_parameters, load_pretrained
 
 __version__ = "0.1.0"
 

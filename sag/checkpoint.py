@@ -22,15 +22,12 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .config import SaGConfig
-
-if TYPE_CHECKING:
-    from .model import SaG
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -75,7 +72,7 @@ def make_version_id(weights_sha256: str, when: datetime | None = None) -> str:
     return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{weights_sha256[:8]}"
 
 
-def save_pretrained(model: "SaG", directory: str | Path, metadata: dict[str, Any] | None = None) -> CheckpointInfo:
+def save_pretrained(model: torch.nn.Module, directory: str | Path, metadata: dict[str, Any] | None = None) -> CheckpointInfo:
     """Write ``model`` to ``directory`` (which must not exist yet) atomically and return its version.
 
     ``metadata`` is merged into the stored metadata; use it for lineage (``parent``), what the model was trained on
@@ -127,12 +124,10 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
         return json.load(fh)
 
 
-def load_pretrained(directory: str | Path, device: str | torch.device | None = "cpu") -> "SaG":
-    """Rebuild a SaG model from ``directory`` with no network access; returned in eval mode on ``device``."""
-    from .device import resolve_device
-    from .model import SaG
-    from .text_encoder import load_text_encoder
-
+def read_checkpoint(directory: str | Path) -> tuple[SaGConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's config, fp32 state dict and metadata, after checking it is complete and of a format this code
+    reads. Building the model from them is :func:`sag.model.load_pretrained`'s job, so this module never imports
+    the model (persistence points one way: model -> checkpoint)."""
     directory = Path(directory)
     meta = read_metadata(directory)
     if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -140,8 +135,4 @@ def load_pretrained(directory: str | Path, device: str | torch.device | None = "
                          f"{FORMAT_VERSION}")
     with open(directory / CONFIG, encoding="utf-8") as fh:
         config = SaGConfig.from_dict(json.load(fh))
-    model = SaG(config, pretrained=False, text_encoder=load_text_encoder(config, directory))
-    model.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
-    model.version = meta["version"]
-    model.metadata = meta
-    return model.to(resolve_device(device)).eval()
+    return config, load_file(str(directory / WEIGHTS)), meta

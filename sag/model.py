@@ -13,7 +13,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointInfo, read_checkpoint, save_pretrained
 from .config import SaGConfig
+from .device import resolve_device
 from .decoder import SpatialBroadcastDecoder
 from .entity import EntityDiscovery
 from .fusion import FusionOutput, ModalityFusion
@@ -23,7 +25,7 @@ from .losses import c3_loss, reconstruction_loss
 from .refine import REFINE_METHODS, patch_cell
 from .refine import refine as refine_map
 from .preprocess import ImageLike, image_size, preprocess_images
-from .text_encoder import TextEncoder, build_text_encoder
+from .text_encoder import TextEncoder, build_text_encoder, load_text_encoder
 
 
 @dataclass
@@ -226,18 +228,24 @@ class SaG(nn.Module):
         return entity_maps(image.slot_attn[index], image.grid, size)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, metadata: dict | None = None):
+    def save_pretrained(self, directory: str | Path, metadata: dict | None = None) -> CheckpointInfo:
         """Write safetensors weights, config and metadata atomically; see :func:`sag.checkpoint.save_pretrained`."""
-        from .checkpoint import save_pretrained
-
         return save_pretrained(self, directory, metadata)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = "cpu") -> "SaG":
         """Load a checkpoint written by :meth:`save_pretrained`, offline; the model is returned in eval mode."""
-        from .checkpoint import load_pretrained
-
         return load_pretrained(directory, device)
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device | None = "cpu") -> SaG:
+    """Rebuild a SaG model from ``directory`` with no network access; returned in eval mode on ``device``."""
+    config, state, meta = read_checkpoint(directory)
+    model = SaG(config, pretrained=False, text_encoder=load_text_encoder(config, Path(directory)))
+    model.load_state_dict(state, strict=True)
+    model.version = meta["version"]
+    model.metadata = meta
+    return model.to(resolve_device(device)).eval()
 
 
 def count_parameters(module: nn.Module) -> int:
