@@ -68,6 +68,14 @@ def resolve_text_backbone(name: str) -> str:
     return name
 
 
+def tokenize_batch(tokenizer, texts: Sequence[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    """The one way texts become model input: ``input_ids`` and ``attention_mask`` (B, L), padded to the longest
+    text and truncated to ``max_tokens``. Takes the tokenizer, not the encoder, so data-loader collators (which are
+    pickled into worker processes) can call it without the model."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt",
+                      return_token_type_ids=False)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
 class TextEncoder(nn.Module):
     """A transformers encoder + tokenizer; ``forward`` gives the projected [CLS] feature (B, D)."""
 
@@ -86,10 +94,7 @@ class TextEncoder(nn.Module):
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"text {i} is empty or not a string: {text!r}")
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt",
-            return_token_type_ids=False,
-        )
+        batch = tokenize_batch(self.tokenizer, texts, self.max_tokens)
         return {k: v.to(device) if device is not None else v for k, v in batch.items()}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sag.preprocess import ImageLike, preprocess_images, to_pil
+from sag.text_encoder import tokenize_batch
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +310,7 @@ class CachedCollator:
 
     def __call__(self, items) -> tuple[CachedImages, torch.Tensor, torch.Tensor]:
         indices, keys, texts, images = (list(x) for x in zip(*items))
-        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt",
-                             return_token_type_ids=False)
+        tok = tokenize_batch(self.tokenizer, texts, self.max_tokens)
         return CachedImages(indices, keys, images), tok["input_ids"], tok["attention_mask"]
 
 

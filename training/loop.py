@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from sag import SaG, autocast
 from sag.device import resolve_precision
 from sag.preprocess import preprocess_images
+from sag.text_encoder import tokenize_batch
 
 from .datasets.base import Sample
 
@@ -114,9 +115,7 @@ class Collator:
 
     def __call__(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pixels = preprocess_images([s.image for s in samples], self.size, self.mean, self.std)
-        tok = self.text_encoder_tokenizer([s.text for s in samples], padding=True, truncation=True,
-                                          max_length=self.max_tokens, return_tensors="pt",
-                                          return_token_type_ids=False)
+        tok = tokenize_batch(self.text_encoder_tokenizer, [s.text for s in samples], self.max_tokens)
         return pixels, tok["input_ids"], tok["attention_mask"]
 
 
