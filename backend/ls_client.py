@@ -224,7 +224,7 @@ class LabelStudioClient:
         removed = 0
         todo: list[dict[str, Any]] = []
         for (task_id, version), prediction in wanted.items():
-            held = [p for p in self.task_predictions(task_id) if p.get("model_version") == version]
+            held = self._held(task_id, version)
             if held:
                 removed += self._keep_oldest(task_id, held)
             else:
@@ -233,7 +233,7 @@ class LabelStudioClient:
         missing = []
         for prediction in todo:
             task_id, version = prediction["task"], prediction["model_version"]
-            held = [p for p in self.task_predictions(task_id) if p.get("model_version") == version]
+            held = self._held(task_id, version)
             if not held:
                 missing.append(task_id)
             removed += self._keep_oldest(task_id, held)
@@ -245,6 +245,10 @@ class LabelStudioClient:
             log.info("label studio: project %s: %d prediction(s) stored, %d already there, %d duplicate(s) removed",
                      project_id, stored, skipped, removed)
         return {"stored": stored, "skipped": skipped, "removed": removed}
+
+    def _held(self, task_id: int, version: str) -> list[dict[str, Any]]:
+        """The predictions ``task_id`` holds of ``model_version`` ``version``."""
+        return [p for p in self.task_predictions(task_id) if p.get("model_version") == version]
 
     def _keep_oldest(self, task_id: int, same_version: list[dict[str, Any]]) -> int:
         """Delete all but the lowest-id prediction of ``same_version`` (one task, one model version); how many went."""
