@@ -1,13 +1,13 @@
 """Every exception type of the backend, and how a stored traceback is summed up in one line.
 
 Messages are written for the person who reads them (an annotator in Label Studio, an admin in the log): they say
-what is wrong and what to set, and never carry credentials. Errors from below are raised by ``training``
-(:class:`training.registry.RegistryError`, :class:`training.finetune.FinetuneError`) and are not repeated here.
+what is wrong and what to set, and never carry credentials. Errors from below are ``training``'s
+(``training/exceptions.py``: ``RegistryError``, ``FinetuneError``, ...) and are not repeated here.
 """
 
 from __future__ import annotations
 
-from training.settings import SettingsError as _TrainingSettingsError
+from training.exceptions import SettingsError as _TrainingSettingsError
 
 
 # ---- requests and configuration -------------------------------------------------------------------------------------

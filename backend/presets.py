@@ -31,6 +31,9 @@ INITIAL_MODEL_PRESETS: dict[str, tuple[str, Callable[[], tuple[SaGConfig, bool]]
     # A miniature with random weights: seconds to build, for tests and smoke checks.
     "tiny": ("randomly initialised miniature for tests", lambda: (tiny_config(), False)),
 }
+"""``SAG_INIT_PRESET`` name -> an untrained starting model for an empty registry; not training.presets'
+TRAINING_PRESETS (``sag-train --preset``), which pair a model with its training recipe: here ``paper`` is the paper's
+backbones with random heads, there the paper's training recipe."""
 
 
 def build_initial_model(preset: str) -> tuple[SaG, dict[str, Any]]:

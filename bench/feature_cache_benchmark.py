@@ -1,6 +1,6 @@
 """Training step time with and without the frozen-backbone feature cache (training/feature_cache.py).
 
-    python -m training.datasets.synthetic --out /tmp/syn-b/synthetic --train 400 --val 40 --test 40 --compositional 40
+    python -m training.synthetic --out /tmp/syn-b/synthetic --train 400 --val 40 --test 40 --compositional 40
     python bench/feature_cache_benchmark.py --data /tmp/syn-b          # -> bench/results/feature-cache-steps.json
 
 For each image backbone variant (the ``cpu-synthetic-mobilenet`` preset with its backbone and input size overridden;
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.datasets.refcoco import refer_dataset  # noqa: E402
-from training.loop import Trainer  # noqa: E402
+from training.engine import Trainer  # noqa: E402
 from training.presets import build_model, get_preset  # noqa: E402
 
 # name: (preset, model overrides)

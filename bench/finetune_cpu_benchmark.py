@@ -1,7 +1,7 @@
 """How long Label Studio "Start Training" (training/finetune.py) takes on this machine's CPU, with the image backbone
 trained (the default) or frozen with its features cached (``FinetuneConfig.freeze_image_backbone``).
 
-    python -m training.datasets.synthetic --out /tmp/syn-b/synthetic --train 400 --val 40 --test 40 --compositional 40
+    python -m training.synthetic --out /tmp/syn-b/synthetic --train 400 --val 40 --test 40 --compositional 40
     python bench/finetune_cpu_benchmark.py --data /tmp/syn-b --pairs 200 --steps 20 --freeze
     python bench/finetune_cpu_benchmark.py --data /tmp/syn-b --pairs 200 --steps 5            # backbone trained
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
@@ -11,17 +10,18 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def resolve_device(spec: str | torch.device | None = None) -> torch.device:
-    """``None`` reads ``SAG_DEVICE`` (default ``auto``); ``auto`` picks CUDA when available, else CPU."""
+    """``None`` means ``auto``: CUDA when available, else CPU. The library reads no environment; ``SAG_DEVICE`` is
+    read by the command lines and the backend, which pass it in."""
     if isinstance(spec, torch.device):
         return spec
-    spec = (spec or os.environ.get("SAG_DEVICE") or "auto").strip().lower()
+    spec = (spec or "auto").strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.split(":")[0] not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {spec!r}; use cpu, cuda, cuda:N or auto")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec!r} requested but CUDA is not available (set SAG_DEVICE=cpu or auto)")
+        raise RuntimeError(f"device {spec!r} requested but CUDA is not available (use cpu or auto)")
     return device
 
 

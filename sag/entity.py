@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SaGConfig
-from .layers import FeedForward, merge_heads, split_heads
+from .layers import CrossAttention, FeedForward, merge_heads, split_heads
 from .position import sine_position_encoding_2d
 
 
@@ -89,39 +89,28 @@ class EntitySlots(nn.Module):
         return mu + std * noise
 
 
-class SlotAggregation(nn.Module):
-    """Aggregation block: slot-competitive cross-attention + MLP (Eqs. 3-4). Pre-LN, no GRU."""
+class SlotAggregation(CrossAttention):
+    """Aggregation block (Eqs. 3-4): pre-LN cross-attention of the slots over the patches, normalised over the slots
+    (they compete for every patch), then a residual MLP. No GRU."""
 
     def __init__(self, config: SaGConfig):
-        super().__init__()
-        dim, inner = config.embed_dim, config.attn_dim
-        self.heads = config.num_heads
-        self.scale = config.head_dim**-0.5
-        self.norm_slots = nn.LayerNorm(dim)
-        self.norm_inputs = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(dim, inner, bias=False)
-        self.to_v = nn.Linear(dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(config.dropout))
+        dim = config.embed_dim
+        norms = {"norm_slots": nn.LayerNorm(dim), "norm_inputs": nn.LayerNorm(dim)}
+        super().__init__(dim, config.num_heads, config.head_dim, "queries", config.dropout, pre_norms=norms)
         self.ff = FeedForward(dim, config.mlp_ratio, config.dropout)
 
     def project_inputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, D) visual features -> keys and values (B, H, N, d); reused across iterations when shared."""
-        x = self.norm_inputs(inputs)
-        return split_heads(self.to_k(x), self.heads), split_heads(self.to_v(x), self.heads)
+        return self.keys_values(self.norm_inputs(inputs))
 
     def forward(
         self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """slots (B, K, D), keys/values (B, H, N, d) -> updated slots (B, K, D) and A_slot (B, N, K)."""
-        q = split_heads(self.to_q(self.norm_slots(slots)), self.heads)  # (B, H, K, d)
-        logits = torch.einsum("bhnd,bhkd->bhnk", keys, q) * self.scale
-        attn = logits.softmax(dim=-1)  # over slots: slots compete for every patch
-        weights = attn / (attn.sum(dim=-2, keepdim=True) + 1e-7)  # then a weighted mean over patches
-        updates = merge_heads(torch.einsum("bhnk,bhnd->bhkd", weights, values))
-        slots = slots + self.to_out(updates)
+        updates, attn = super().forward(self.norm_slots(slots), keys, values)  # attn (B, H, K, N)
+        slots = slots + updates
         slots = slots + self.ff(slots)
-        return slots, attn.mean(dim=1)
+        return slots, attn.transpose(-1, -2).mean(dim=1)
 
 
 class GroupInteraction(nn.Module):

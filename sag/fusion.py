@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SaGConfig
-from .layers import FeedForward, split_heads
+from .layers import CrossAttention, FeedForward
 
 
 @dataclass
@@ -23,20 +23,17 @@ class FusionOutput:
     fuse_attn: torch.Tensor  # (B, K) or (T, I, K): A_fuse, sums to 1 over K
 
 
-class ModalityFusion(nn.Module):
-    """Psi: entities and a text feature -> cross-modal embedding z and A_fuse."""
+class ModalityFusion(CrossAttention):
+    """Psi: entities and a text feature -> cross-modal embedding z and A_fuse.
+
+    Pre-LN cross-attention with the text as the single query, normalised over the entities (keys), then a residual
+    MLP.
+    """
 
     def __init__(self, config: SaGConfig):
-        super().__init__()
-        dim, inner = config.embed_dim, config.attn_dim
-        self.heads = config.num_heads
-        self.scale = config.head_dim**-0.5
-        self.norm_text = nn.LayerNorm(dim)
-        self.norm_entities = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(dim, inner, bias=False)
-        self.to_v = nn.Linear(dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(config.dropout))
+        dim = config.embed_dim
+        norms = {"norm_text": nn.LayerNorm(dim), "norm_entities": nn.LayerNorm(dim)}
+        super().__init__(dim, config.num_heads, config.head_dim, "keys", config.dropout, pre_norms=norms)
         self.ff = FeedForward(dim, config.mlp_ratio, 0.0)
 
     def forward(self, entities: torch.Tensor, text: torch.Tensor, all_pairs: bool = False) -> FusionOutput:
@@ -51,19 +48,12 @@ class ModalityFusion(nn.Module):
         if not all_pairs and entities.shape[0] != text.shape[0]:
             raise ValueError(f"paired fusion needs as many texts as images, got {text.shape[0]} and "
                              f"{entities.shape[0]}")
-        q = self.to_q(self.norm_text(text)).unflatten(-1, (self.heads, -1))  # (T, H, d)
-        kv_in = self.norm_entities(entities)
-        k = split_heads(self.to_k(kv_in), self.heads)  # (I, H, K, d)
-        v = split_heads(self.to_v(kv_in), self.heads)
-        if all_pairs:
-            attn = (torch.einsum("thd,ihkd->tihk", q, k) * self.scale).softmax(dim=-1)
-            out = torch.einsum("tihk,ihkd->tihd", attn, v).flatten(-2)  # (T, I, H*d)
-            residual = text.unsqueeze(1)
-        else:
-            attn = (torch.einsum("bhd,bhkd->bhk", q, k) * self.scale).softmax(dim=-1)
-            out = torch.einsum("bhk,bhkd->bhd", attn, v).flatten(-2)  # (B, H*d)
-            residual = text
+        keys, values = self.keys_values(self.norm_entities(entities))  # (I, H, K, d)
+        query = self.norm_text(text).unsqueeze(-2)  # (T, 1, D): one query per text
+        if all_pairs:  # broadcast every text against the I images
+            query, text = query.unsqueeze(1), text.unsqueeze(1)  # (T, 1, 1, D), (T, 1, D)
+        out, attn = super().forward(query, keys, values)  # (..., 1, D) and (..., H, 1, K)
         # The residual carries the text itself through the fusion (as in the authors' code).
-        c = residual + self.to_out(out)
+        c = text + out.squeeze(-2)
         c = c + self.ff(c)
-        return FusionOutput(z=F.normalize(c, dim=-1), fuse_attn=attn.mean(dim=-2))
+        return FusionOutput(z=F.normalize(c, dim=-1), fuse_attn=attn.squeeze(-2).mean(dim=-2))

@@ -20,6 +20,9 @@ from typing import Any
 from sag import SaG, SaGConfig
 from sag.checkpoint import CONFIG, FORMAT_VERSION, METADATA, WEIGHTS, file_sha256
 
+from .checkpoints import TRAINER_STATE
+from .exceptions import CheckpointError
+
 # What save_pretrained names a version: "<UTC timestamp>-<first 8 hex digits of the weights' sha256>".
 VERSION_ID = re.compile(r"\d{8}T\d{6}Z-([0-9a-f]{8})")
 # owner/name as the hub spells repository ids.
@@ -27,12 +30,8 @@ HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # Left out of an imported version: a training run's optimizer state (sag-train checkpoints carry it; serving does
 # not need it and it doubles the size) and hidden entries (the hub client's .cache/, .git, editor files).
-SKIPPED = ("trainer_state.pt",)
+SKIPPED = (TRAINER_STATE,)
 MAX_ARCHIVE_BYTES = 32 * 2**30  # an archive that unpacks to more than this is refused before anything is written
-
-
-class CheckpointError(Exception):
-    """A source that cannot be imported or a destination that cannot be written; the message says why."""
 
 
 def _read_json(path: Path, what: str) -> Any:

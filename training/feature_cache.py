@@ -15,7 +15,7 @@ Storage: in memory (a dict of (N, C) float32 tensors), or on disk next to the ru
 A row is written before its key, so a process killed mid-write leaves at most an unindexed tail, never a key without
 its features. One process writes a directory at a time (an exclusive lock; a second process falls back to memory).
 
-:class:`Trainer <training.loop.Trainer>` uses it when ``TrainConfig.freeze_image_backbone`` is set (and
+:class:`Trainer <training.engine.Trainer>` uses it when ``TrainConfig.freeze_image_backbone`` is set (and
 ``feature_cache`` is not ``"off"``); see :class:`CachedPairs` and :class:`CachedCollator` for the data side.
 """
 

@@ -7,7 +7,7 @@ HTTP or queues. What it does, in order:
    prompts) and, separately, a validation set of the masks annotators drew or corrected (brush annotations).
    Training only ever sees the pairs: masks are never decoded for it.
 2. :func:`finetune` loads the serving version, scores it on the validation masks, fine-tunes it with C^3 +
-   reconstruction (:class:`training.loop.Trainer`, resumable from its own atomic checkpoints), scores the candidate,
+   reconstruction (:class:`training.engine.Trainer`, resumable from its own atomic checkpoints), scores the candidate,
    and asks :func:`promotion_decision` whether it may be served.
 3. The candidate is stored as a new registry version (atomic rename; metadata records its parent, the number of
    pairs and both scores) whether or not it is promoted, and promoted by moving the current-version pointer.
@@ -31,16 +31,13 @@ from sag import SaG
 
 from .datasets.base import ImageLoader, ReferringDataset
 from .datasets.label_studio import label_studio_expressions
+from .exceptions import FinetuneError
 from .registry import Registry
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any]], None]
 FINGERPRINT = "finetune.json"
-
-
-class FinetuneError(RuntimeError):
-    """Fine-tuning cannot start or finish; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +67,7 @@ class FinetuneConfig:
     # Mask refinement (sag.refine) the validation masks are scored with: the one the backend serves, so promotion
     # judges the masks annotators get. None: the checkpoint's own ``mask_refine``.
     mask_refine: str | None = None
+    spatial_words: bool | None = None  # likewise for sag.spatial; None: the checkpoint's own ``spatial_words``
     show_progress: bool = True  # a tqdm bar on stderr
 
     def __post_init__(self) -> None:
@@ -183,13 +181,14 @@ def promotion_decision(candidate_miou: float | None, serving_miou: float | None,
     return Decision(False, f"{summary}: worse, not promoted")
 
 
-def validation_miou(model: SaG, data: ReferringDataset, batch_size: int, refine: str | None = None) -> float:
-    """mIoU (scheme ``ours``, masks refined with ``refine``, default the model's) of ``model`` on ``data``; leaves
-    the model in eval mode."""
+def validation_miou(model: SaG, data: ReferringDataset, batch_size: int, refine: str | None = None,
+                    spatial: bool | None = None) -> float:
+    """mIoU (scheme ``ours``, masks refined with ``refine`` and spatial words read when ``spatial``, defaults the
+    model's) of ``model`` on ``data``; leaves the model in eval mode."""
     from .evaluate import evaluate
 
     return float(evaluate(model, data, schemes=("ours",), batch_size=batch_size, show_progress=False,
-                          refine=refine).schemes["ours"]["mIoU"])
+                          refine=refine, spatial=spatial).schemes["ours"]["mIoU"])
 
 
 def _fingerprint(parent: str, data: ProjectData, config: FinetuneConfig) -> str:
@@ -252,10 +251,11 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
     serving_miou = None
     if data.validation is not None:
         report({"stage": "validating the serving version"})
-        serving_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine)
+        serving_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine,
+                                        config.spatial_words)
         log.info("fine-tune: serving version %s scores mIoU %.4f on the validation masks", parent, serving_miou)
 
-    from .loop import Trainer, TrainConfig
+    from .engine import Trainer, TrainConfig
 
     _prepare_workdir(workdir, _fingerprint(parent, data, config))
     steps = config.steps_for(pairs)
@@ -287,7 +287,8 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
     candidate_miou = None
     if data.validation is not None:
         report({"stage": "validating the candidate"})
-        candidate_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine)
+        candidate_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine,
+                                        config.spatial_words)
     decision = promotion_decision(candidate_miou, serving_miou, config.tolerance, data.validation_size)
     serving_now = registry.current()
     if decision.promote and serving_now != parent:

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sag import read_metadata
 
-from .checkpoint_transfer import (CheckpointError, copy_checkpoint, fetch_source, is_archive, push_to_hub,
-                                  validate_checkpoint, write_archive)
+from .checkpoint_transfer import (copy_checkpoint, fetch_source, is_archive, push_to_hub, validate_checkpoint,
+                                  write_archive)
+from .exceptions import CheckpointError, RegistryError
+from .settings import RegistrySettings
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -43,10 +45,6 @@ CURRENT_FILE = "CURRENT"
 HISTORY_FILE = "HISTORY"
 LOCK_FILE = ".registry.lock"
 REDIS_PREFIX = "sag:model"
-
-
-class RegistryError(Exception):
-    """A registry operation that cannot be done; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -282,8 +280,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def open_registry(model_dir: str | Path | None = None, redis_url: str | None = None) -> Registry:
     """A registry from explicit values or ``SAG_MODEL_DIR`` (default ``./models``) and ``REDIS_URL``."""
-    model_dir = model_dir or os.environ.get("SAG_MODEL_DIR") or "models"
-    redis_url = redis_url if redis_url is not None else os.environ.get("REDIS_URL")
+    settings = RegistrySettings.from_env()
+    model_dir = model_dir or settings.model_dir
+    redis_url = redis_url if redis_url is not None else settings.redis_url
     redis = None
     if redis_url:
         from redis import Redis

@@ -8,7 +8,14 @@ nothing from the environment themselves.
 ``SAG_DATA_ROOT``      where data sets live (default ``data``)
 ``SAG_RUNS_DIR``       where training runs write checkpoints and metrics (default ``runs``)
 ``SAG_NUM_THREADS``    CPU threads for torch (default: torch's choice; 0 = torch's choice)
+``SAG_MODEL_DIR``      the checkpoint registry of ``sag-models`` (default ``models``)
+``REDIS_URL``          Redis holding the registry's current-version pointer (default: none, files)
+``WORLD_SIZE``         processes in a ``torchrun`` job (set by torchrun; default 1: no DDP)
+``LOCAL_RANK``         this process's GPU index on its node (set by torchrun; default 0)
 =====================  ===========================================================================
+
+The last two are the backend's variables as well (``backend/settings.py`` reads them the same way), so
+``sag-models`` and the backend find the same registry.
 """
 
 from __future__ import annotations
@@ -18,9 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-
-class SettingsError(ValueError):
-    """A setting has a value training cannot use; the message names the variable."""
+from .exceptions import SettingsError
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class TrainingSettings:
     data_root: Path = Path("data")
     runs_dir: Path = Path("runs")
     num_threads: int = 0
+    world_size: int = 1  # torchrun's, > 1 under DDP
+    local_rank: int = 0  # torchrun's
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TrainingSettings":
@@ -45,6 +52,8 @@ class TrainingSettings:
             data_root=Path(env.get("SAG_DATA_ROOT", "").strip() or "data"),
             runs_dir=Path(env.get("SAG_RUNS_DIR", "").strip() or "runs"),
             num_threads=threads,
+            world_size=int(env.get("WORLD_SIZE", "1")),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
         )
 
     def override(self, **flags: Any) -> "TrainingSettings":
@@ -57,3 +66,17 @@ class TrainingSettings:
             import torch
 
             torch.set_num_threads(self.num_threads)
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Where the checkpoint registry lives. Apart from :class:`TrainingSettings` so that ``sag-models`` neither
+    needs nor validates the training variables."""
+
+    model_dir: Path = Path("models")
+    redis_url: str | None = None  # None: the current-version pointer is a file in model_dir
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "RegistrySettings":
+        env = os.environ if env is None else env
+        return cls(model_dir=Path(env.get("SAG_MODEL_DIR") or "models"), redis_url=env.get("REDIS_URL") or None)

@@ -7,14 +7,29 @@ from sag import SaG, autocast, resolve_device, tiny_config
 from sag.device import resolve_precision
 
 
-def test_device_from_argument_and_environment(monkeypatch):
+def test_device_from_argument():
+    auto = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
-    monkeypatch.setenv("SAG_DEVICE", "cpu")
-    assert resolve_device() == torch.device("cpu")
-    monkeypatch.setenv("SAG_DEVICE", "auto")
-    assert resolve_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("auto") == auto
+    assert resolve_device() == auto
     with pytest.raises(ValueError, match="unsupported device"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize("value", ["cpu", "cuda"], ids=lambda v: f"SAG_DEVICE={v}")  # an id "cuda" would be skipped
+def test_sag_reads_no_environment(monkeypatch, value):
+    monkeypatch.setenv("SAG_DEVICE", value)
+    assert resolve_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_training_cli_reads_sag_device(monkeypatch):
+    from training.cli import _init_distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("SAG_DEVICE", "cpu")
+    assert _init_distributed() == torch.device("cpu")  # no --device: SAG_DEVICE
+    monkeypatch.setenv("SAG_DEVICE", "tpu")
+    assert _init_distributed("cpu") == torch.device("cpu")  # --device wins
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sag import SaG, combine_attention, tiny_config
+from sag import combine_attention
 from sag.inference import upsample_and_normalise
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sag import SaG, tiny_config
-from training.datasets.synthetic import SyntheticConfig, write_benchmark
+from training.synthetic import SyntheticConfig, write_benchmark
 
 SMALL = SyntheticConfig(seed=3, image_size=64, scenes={"train": 40, "val": 8, "test": 8, "compositional": 8})
 

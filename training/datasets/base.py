@@ -18,11 +18,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from ..exceptions import DatasetError
+
 ImageLoader = Callable[[str], Image.Image]
-
-
-class DatasetError(ValueError):
-    """A data set is missing files or has malformed annotations; the message names the file and the record."""
 
 
 class MaskSource(Protocol):

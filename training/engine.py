@@ -8,21 +8,16 @@ Callable from the CLI (``sag-train``), the benchmark and the Label Studio fine-t
 
 What it does: AdamW with a lower learning rate for the backbones, linear warm-up then cosine decay, mixed precision on
 CUDA, gradient clipping and accumulation, validation on masks (when the validation set has them) with best-checkpoint
-selection, metrics as JSON lines, checkpoints written atomically, exact resume, and DDP under ``torchrun``.
-
-Checkpoint layout (``output_dir/checkpoints/step-00001000/``): the model via ``save_pretrained`` plus
-``trainer_state.pt`` (optimizer, scheduler, grad scaler, RNG states, step, position in the epoch, best metric). The
-whole directory is assembled under a hidden name and renamed into place, so a checkpoint either exists complete or not
-at all.
+selection, metrics as JSON lines (``output_dir/metrics.jsonl``), exact resume, and DDP under ``torchrun``. What a
+checkpoint holds and how it is written atomically is :mod:`training.checkpoints`' business.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,11 +34,11 @@ from sag.device import resolve_precision
 from sag.preprocess import preprocess_images
 from sag.text_encoder import tokenize_batch
 
+from .checkpoints import (check_model_config, checkpoint_path, list_checkpoints, prune_checkpoints, read_trainer_state,
+                          read_weights, rng_state, set_rng_state, write_best, write_checkpoint)
 from .datasets.base import Sample
 
 ProgressCallback = Callable[[int, int, float], None]
-TRAINER_STATE = "trainer_state.pt"
-CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 
 
@@ -94,6 +89,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What :meth:`Trainer.fit` ends with: steps done, the best and the last checkpoint, every logged record."""
+
     steps: int
     best_checkpoint: Path | None
     best_metric: float | None
@@ -138,34 +135,11 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs (numpy takes only 32 bits)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under ``output_dir/checkpoints``, oldest first (hidden partial ones are ignored)."""
-    root = Path(output_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 class Trainer:
@@ -257,6 +231,8 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.config
+        # Start: from the newest complete checkpoint (weights, optimizer, RNG, position in the epoch), else seeded.
+        # Each rank seeds differently so slot noise differs across ranks; the data order is seeded separately.
         checkpoints = list_checkpoints(self.output_dir) if cfg.resume else []
         if checkpoints:
             self.load_checkpoint(checkpoints[-1])
@@ -271,11 +247,15 @@ class Trainer:
         running: list[float] = []
         out_of_time = False
         started = time.time()
+        # One pass of this loop is one epoch, or what is left of it after a resume.
         while self.step < self.total_steps and not out_of_time:
+            # Only whole optimizer steps: the micro-batches that cannot fill a last accumulation group are dropped.
             batches = self._epoch_batches(self.epoch)[self.batch_in_epoch:]
             usable = len(batches) - len(batches) % cfg.grad_accum
             micro = 0
             for images, input_ids, attention_mask in self._loader(batches[:usable]):
+                # Forward and backward on one micro-batch; gradients add up over grad_accum of them, and DDP
+                # all-reduces only on the last (sync) one.
                 if micro == 0:
                     self.optimizer.zero_grad(set_to_none=True)
                 out = self._forward(images, input_ids, attention_mask, sync=micro == cfg.grad_accum - 1)
@@ -284,9 +264,11 @@ class Trainer:
                 running.append(float(out.loss.detach()))
                 if micro < cfg.grad_accum:
                     continue
+                # Optimizer step: learning rate from the schedule, clip, step (through the fp16 grad scaler).
                 micro = 0
                 lr = self._optimizer_step()
                 loss = float(np.mean(running[-cfg.grad_accum:]))
+                # Report: progress bar, the caller's callback, and every log_every steps a metrics.jsonl record.
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if self.progress is not None:
@@ -300,10 +282,12 @@ class Trainer:
                         stats = self.feature_cache.stats
                         record.update(cache_hits=stats.hits, cache_misses=stats.misses, cache_entries=stats.entries)
                     self._log(record)
+                # Bookkeeping: the epoch ends when another full accumulation group no longer fits in it.
                 epoch_end = self.batch_in_epoch + cfg.grad_accum > self.batches_per_epoch
                 if epoch_end:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                # Validate and checkpoint when due, and always at the end, so a stopped run can resume exactly.
                 done = self.step >= self.total_steps or out_of_time
                 validate = self._due(cfg.eval_every, epoch_end, done)
                 save = validate or self._due(cfg.checkpoint_every, cfg.eval_every is None and epoch_end, done)
@@ -338,7 +322,7 @@ class Trainer:
             inputs = dict(pixels=None, features=features.to(dev), grid=grid)
         else:
             inputs = dict(pixels=images.to(dev))
-        ctx = self.wrapped.no_sync() if (self.distributed and not sync) else _null()
+        ctx = self.wrapped.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
         with ctx:
             with autocast(dev, self.config.precision):
                 out = self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **inputs)
@@ -384,9 +368,10 @@ class Trainer:
                 fh.write(json.dumps(record) + "\n")
 
     def state_dict(self) -> dict:
+        """Everything besides the weights that an exact resume needs, as stored in ``trainer_state.pt``."""
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "best_metric": self.best_metric,
             "best_checkpoint": self.best_checkpoint.name if self.best_checkpoint else None,
             "config": asdict(self.config), "world_size": self.world,
@@ -394,66 +379,39 @@ class Trainer:
 
     def save_checkpoint(self, metric: float | None = None) -> Path | None:
         """Write ``checkpoints/step-<step>`` atomically (rank 0), update the best and prune old checkpoints."""
-        final = self.output_dir / CHECKPOINTS / f"step-{self.step:08d}"
+        final = checkpoint_path(self.output_dir, self.step)
         if self.is_main and not final.exists():
             improved = metric is not None and (self.best_metric is None or metric > self.best_metric)
             if improved:
                 self.best_metric, self.best_checkpoint = metric, final
-            partial = final.parent / f".{final.name}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
             meta = {**self.metadata, "step": self.step, "epoch": self.epoch,
                     "metrics": {"val_mIoU": metric} if metric is not None else {}}
-            self.model.save_pretrained(partial, metadata=meta)
-            tmp_state = partial / f".{TRAINER_STATE}.tmp"
-            torch.save(self.state_dict(), tmp_state)
-            os.replace(tmp_state, partial / TRAINER_STATE)
-            os.rename(partial, final)
+            write_checkpoint(self.model, final, self.state_dict(), meta)
             if self.best_checkpoint is not None:
-                with open(self.output_dir / ".best.json.tmp", "w", encoding="utf-8") as fh:
-                    json.dump({"checkpoint": str(self.best_checkpoint), "step": int(self.best_checkpoint.name[5:]),
-                               "val_mIoU": self.best_metric}, fh)
-                os.replace(self.output_dir / ".best.json.tmp", self.output_dir / "best.json")
-            self._prune()
+                write_best(self.output_dir, self.best_checkpoint, self.best_metric)
+            prune_checkpoints(self.output_dir, self.config.keep_last, keep=self.best_checkpoint)
         if self.distributed:
-            dist.barrier()
+            dist.barrier()  # no rank resumes or reads a checkpoint before rank 0 has renamed it into place
         return final
-
-    def _prune(self) -> None:
-        keep = set(list_checkpoints(self.output_dir)[-self.config.keep_last:])
-        for path in list_checkpoints(self.output_dir):
-            if path not in keep and path != self.best_checkpoint:
-                shutil.rmtree(path, ignore_errors=True)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model weights and the whole trainer state from a checkpoint written by :meth:`save_checkpoint`."""
-        from safetensors.torch import load_file
-
         path = Path(path)
-        with open(path / "config.json", encoding="utf-8") as fh:
-            saved = json.load(fh)
-        if saved != self.model.config.to_dict():
-            diff = sorted(k for k in saved if saved[k] != self.model.config.to_dict().get(k))
-            raise ValueError(f"checkpoint {path} was trained with a different model config (differs in {diff})")
-        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
+        check_model_config(path, self.model.config)
+        state = read_trainer_state(path)
+        # The data order is a function of world size and batch size (see _epoch_batches): with others, the resumed
+        # run would silently see a different sequence of batches.
         if state["world_size"] != self.world or state["config"]["batch_size"] != self.config.batch_size:
             raise ValueError(f"exact resume needs the same world size and batch size: checkpoint has "
                              f"{state['world_size']} x {state['config']['batch_size']}, this run "
                              f"{self.world} x {self.config.batch_size}")
-        self.model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(self.device)))
+        self.model.load_state_dict(read_weights(path, self.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_metric = state["best_metric"]
         self.best_checkpoint = path.parent / state["best_checkpoint"] if state["best_checkpoint"] else None
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fit(model: SaG, train_data: Dataset, config: TrainConfig, output_dir: str | Path, **kwargs) -> TrainResult:

@@ -7,7 +7,8 @@ import torch
 
 from sag import SaG, tiny_config
 from training.datasets.refcoco import refer_dataset
-from training.loop import TrainConfig, Trainer, list_checkpoints, lr_factor, parameter_groups
+from training.checkpoints import list_checkpoints
+from training.engine import TrainConfig, Trainer, lr_factor, parameter_groups
 
 
 def _config(**kw):
