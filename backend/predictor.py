@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 
 from sag import ImageEntities, SaG, autocast, resolve_device
+from sag.spatial import segment_texts
 from training.registry import Registry
 
 from .cache import CachedImage, EntityCache
@@ -221,12 +222,12 @@ class Predictor:
 
         def run(batch: Sequence[tuple[_Pending, int]]) -> list[tuple[Any, float]]:
             with torch.inference_mode(), autocast(self.device, self.settings.precision):
-                text = model.encode_text(**model.tokenize([item.task.texts[i] for item, i in batch]))
                 image = ImageEntities.cat([item.image.entities for item, _ in batch])
                 refine = self.settings.mask_refine  # SAG_MASK_REFINE overrides the checkpoint's mask_refine
                 guides = [item.pixels for item, _ in batch] if refine != "none" else None
-                segs = model.segment(image, text, [item.image.size for item, _ in batch], guides=guides,
-                                     refine=refine)
+                segs = segment_texts(model, image, [item.task.texts[i] for item, i in batch],
+                                     [item.image.size for item, _ in batch], guides=guides, refine=refine,
+                                     spatial=self.settings.spatial_words)
             return [(seg.mask.cpu().numpy(), seg.score) for seg in segs]
 
         for batch in _batched(pairs, self.settings.batch_size):

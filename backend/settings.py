@@ -207,6 +207,10 @@ class Settings:
     # mask_refine: none, guided or slic. Guided by default: on the synthetic benchmark it raised mIoU and the
     # boundary F-score for 12-16 ms per 512 x 512 mask on one CPU thread (bench/README.md, "Mask refinement").
     mask_refine: str = "guided"
+    # Read spatial words ("the leftmost ...", "... above the ...", "the small ...") with sag/spatial.py: the mask
+    # becomes the region they pick among those the model found. On by default: on the synthetic benchmark it
+    # lifted position and relation expressions most (bench/README.md, "Spatial words").
+    spatial_words: bool = True
 
     # Label Studio.
     label_studio_url: str | None = None
@@ -272,6 +276,7 @@ class Settings:
             init_preset=env.get("SAG_INIT_PRESET") or cls.init_preset,
             entity_cache_mb=_int(env, "SAG_ENTITY_CACHE_MB", cls.entity_cache_mb, 0),
             mask_refine=_mask_refine(env, "SAG_MASK_REFINE", cls.mask_refine),
+            spatial_words=_flag(env, "SAG_SPATIAL_WORDS", cls.spatial_words),
             label_studio_url=ls_url,
             label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or env.get("LABEL_STUDIO_ACCESS_TOKEN") or None),
             local_files_root=env.get("LOCAL_FILES_DOCUMENT_ROOT") or None,

@@ -78,7 +78,8 @@ def finetune_config(runtime: Runtime) -> FinetuneConfig:
     return FinetuneConfig(steps=s.finetune_steps, epochs=s.finetune_epochs, max_steps=s.finetune_max_steps,
                           batch_size=s.finetune_batch_size, lr=s.finetune_lr,
                           tolerance=s.promote_tolerance, precision=s.precision,
-                          freeze_image_backbone=s.finetune_freeze_image_backbone, mask_refine=s.mask_refine)
+                          freeze_image_backbone=s.finetune_freeze_image_backbone, mask_refine=s.mask_refine,
+                          spatial_words=s.spatial_words)
 
 
 def train_project(runtime: Runtime, request: TrainRequest, report: Callable[[dict[str, Any]], None],

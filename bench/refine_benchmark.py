@@ -100,7 +100,7 @@ def sweep(args: argparse.Namespace) -> dict:
     return out
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -128,7 +128,7 @@ def timing(args: argparse.Namespace) -> dict:
         soft = torch.nn.functional.interpolate(coarse, size=(512, 512), mode="bilinear", align_corners=False)[0, 0]
         soft = (soft - soft.min()) / (soft.max() - soft.min())
         for method in ("guided", "slic"):
-            ms = [_median_ms(lambda: refine(soft, photo, method, cell=512 / grid), args.repeats)
+            ms = [median_ms(lambda: refine(soft, photo, method, cell=512 / grid), args.repeats)
                   for photo in photos.values()]
             out["refine_ms"][f"{method} grid {grid}"] = float(np.mean(ms))
     # a 12-megapixel photo (the fast guided filter's banded full-size pass), 24 x 24 grid
@@ -136,14 +136,14 @@ def timing(args: argparse.Namespace) -> dict:
     soft = torch.nn.functional.interpolate(torch.rand(1, 1, 24, 24, generator=rng), size=(3000, 4000),
                                            mode="bilinear", align_corners=False)[0, 0]
     soft = (soft - soft.min()) / (soft.max() - soft.min())
-    out["refine_ms"]["guided 4000x3000 grid 24"] = _median_ms(lambda: refine(soft, big, "guided", cell=4000 / 24), 3)
+    out["refine_ms"]["guided 4000x3000 grid 24"] = median_ms(lambda: refine(soft, big, "guided", cell=4000 / 24), 3)
     for name, make in (("mobilenet-minilm (served default)", _served_model), ("cpu-synthetic", _cpu_model)):
         model = make()
         if model is None:
             continue
         model.eval()
         photo = photos["astronaut"]
-        out["model_ms"][name] = _median_ms(lambda: model.predict([photo], ["the astronaut"], refine="none"),
+        out["model_ms"][name] = median_ms(lambda: model.predict([photo], ["the astronaut"], refine="none"),
                                            args.repeats)
     for k, v in {**out["refine_ms"], **out["model_ms"]}.items():
         print(f"{k}: {v:.1f} ms")
@@ -166,24 +166,39 @@ def _cpu_model():
     return SaG(get_preset("cpu-synthetic").model)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_commands(doc: str, commands: dict, argv: list[str] | None = None) -> int:
+    """A bench command line of sub-commands: ``commands`` maps a name to (function of the parsed arguments -> a
+    JSON-able result, a function adding the sub-command's own arguments, its help). Every sub-command also takes
+    ``--threads`` (torch CPU threads, default 1) and ``--json`` (where to write the result)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sweep")
-    s.add_argument("checkpoint")
-    s.add_argument("--data", required=True, help="the synthetic data root (holding synthetic/)")
-    s.add_argument("--split", default="val")
-    t = sub.add_parser("time")
-    t.add_argument("--repeats", type=int, default=10)
-    for p in (s, t):
-        p.add_argument("--threads", type=int, default=1)
-        p.add_argument("--json")
+    for name, (_, add_arguments, help_text) in commands.items():
+        command = sub.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.add_argument("--threads", type=int, default=1)
+        command.add_argument("--json")
     args = parser.parse_args(argv)
-    result = sweep(args) if args.command == "sweep" else timing(args)
+    result = commands[args.command][0](args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
     return 0
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", required=True, help="the synthetic data root (holding synthetic/)")
+    parser.add_argument("--split", default="val")
+
+
+def _time_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_commands(__doc__, {"sweep": (sweep, _sweep_arguments, "every setting on one split"),
+                                  "time": (timing, _time_arguments, "ms per 512 x 512 mask")}, argv)
 
 
 if __name__ == "__main__":

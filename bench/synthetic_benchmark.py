@@ -3,8 +3,8 @@
     python bench/synthetic_benchmark.py --slot-type entity    # ours; then --slot-type random / query
     python bench/synthetic_benchmark.py --summarize           # the combined JSON and the tables
 
-For each slot type (equal K) it trains the ``cpu-synthetic`` preset on the train split (texts only; validation on the
-val split picks the best checkpoint), then evaluates the best checkpoint on the held-out test split and on the
+For each slot type (equal K) it trains the ``cpu-synthetic-paper`` preset (the paper's recipe and inference) on the
+train split (texts only; validation on the val split picks the best checkpoint), then evaluates the best checkpoint on the held-out test split and on the
 compositional split with our inference, the MAX / AVG / MIN schemes and two text-blind baselines (whole image, centred
 blob). Each slot type writes ``bench/results/synthetic-<slot type>.json``; ``--summarize`` combines them into
 ``bench/results/synthetic.json`` and prints the Markdown tables of bench/README.md. The test and compositional
@@ -18,7 +18,11 @@ gives each preset the same budget, calibration included: a short probe run measu
 cache is warm, the time to fill the cache and one validation, and the number of steps (hence the cosine schedule and
 three validations) is set to fill the budget; the loop also stops at the budget whatever the estimate. Each preset
 writes ``bench/results/equal-time-<M>min-<preset>-<slot type>.json``; the comparison goes to
-``bench/results/equal-time-<M>min.json`` and is printed as a table.
+``bench/results/equal-time-<M>min.json`` and is printed as a table. ``--budget-steps N`` gives that budget as N steps
+instead (no clock: runs side by side get the same budget whatever the load), and ``--train-seed`` picks the training
+seed; e.g. the two-seed runs of bench/README.md::
+
+    python bench/synthetic_benchmark.py --presets cpu-synthetic-paper --budget-steps 1875 --train-seed 2
 """
 
 from __future__ import annotations
@@ -44,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from sag import SCHEMES, SaG  # noqa: E402
 from training.datasets.refcoco import refer_dataset  # noqa: E402
-from training.datasets.synthetic import SyntheticConfig, write_benchmark  # noqa: E402
+from training.synthetic import SyntheticConfig, write_benchmark  # noqa: E402
 from training.evaluate import BASELINES, evaluate, format_table  # noqa: E402
-from training.loop import Trainer  # noqa: E402
+from training.engine import METRICS, Trainer  # noqa: E402
 from training.presets import build_model, get_preset  # noqa: E402
 
 
@@ -65,7 +69,7 @@ def ensure_data(root: Path, config: SyntheticConfig) -> Path:
 
 def read_history(run_dir: Path) -> list[dict]:
     """The whole metrics.jsonl of a run (across resumes)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
@@ -113,16 +117,26 @@ def calibrate(preset, model, train, val, budget_s: float, started: float, probe_
     return tuned, info
 
 
-def run_slot_type(slot_type: str, args, data_root: Path, preset_name: str = "cpu-synthetic") -> dict:
+def run_slot_type(slot_type: str, args, data_root: Path, preset_name: str = "cpu-synthetic-paper") -> dict:
     train_over = {"resume": True}
     if args.steps is not None:
         train_over["max_steps"] = args.steps
+    if args.budget_steps is not None:
+        # what calibrate() would set for a wall-clock budget that fits this many steps, without the clock: the
+        # same cosine length and three validations, whatever else the machine is doing
+        train_over.update(max_steps=args.budget_steps, eval_every=math.ceil(args.budget_steps / 3),
+                          checkpoint_every=None, resume=False)
+    if args.train_seed is not None:
+        train_over["seed"] = args.train_seed
     preset = get_preset(preset_name, model={"slot_type": slot_type}, train=train_over)
     started, cpu_started = time.time(), time.process_time()
     model = build_model(preset)
     train = refer_dataset(data_root, "synthetic", "train", with_masks=False)
     val = refer_dataset(data_root, "synthetic", "val")
-    out_dir = Path(args.runs) / (slot_type if preset_name == "cpu-synthetic" else f"{preset_name}-{slot_type}")
+    out_dir = Path(args.runs) / (slot_type if preset_name == "cpu-synthetic-paper" else f"{preset_name}-{slot_type}")
+    if args.budget_steps is not None:
+        out_dir = Path(args.runs) / f"{preset_name}-{slot_type}-{args.budget_steps}steps-seed{preset.train.seed}"
+        shutil.rmtree(out_dir, ignore_errors=True)
     calibration = None
     if args.minutes is not None:
         out_dir = Path(args.runs) / f"{preset_name}-{slot_type}-{args.minutes:g}min"
@@ -144,7 +158,7 @@ def run_slot_type(slot_type: str, args, data_root: Path, preset_name: str = "cpu
         splits[split] = report.to_dict()
         print(format_table(report, f"{slot_type} slots, {split} split"), "\n", flush=True)
     return {
-        "preset": preset.name, "calibration": calibration,
+        "preset": preset.name, "calibration": calibration, "train_seed": preset.train.seed,
         "slot_type": slot_type, "steps": result.steps,
         # elapsed_s is measured inside the loop (a resumed run adds its own); this process's own time is separate
         "train_wall_s": train_records[-1]["elapsed_s"] if train_records else None,
@@ -199,6 +213,11 @@ def main(argv=None) -> int:
     # step took 5x longer (2.7 s against 0.5 s measured); on an idle machine --threads 2 is about 1.7x faster.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="benchmark generator seed")
+    parser.add_argument("--train-seed", type=int,
+                        help="training seed (model initialisation, batch order, slot noise; default: the preset's, 1)")
+    parser.add_argument("--budget-steps", type=int,
+                        help="an equal budget given in steps instead of minutes (e.g. the steps a --minutes run of "
+                             "the same preset fitted): that many steps, three validations, no clock")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -228,6 +247,10 @@ def main(argv=None) -> int:
         print(f"wrote {out}")
         return 0
     tag = f"equal-time-{args.minutes:g}min" if args.minutes is not None else "presets"
+    if args.budget_steps is not None:
+        tag = f"equal-steps-{args.budget_steps}"
+    if args.train_seed is not None:
+        tag += f"-seed{args.train_seed}"
     runs = {}
     for preset_name in args.presets or ["cpu-synthetic"]:
         machine = {"cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,

@@ -25,6 +25,7 @@ from .losses import c3_loss, reconstruction_loss
 from .refine import REFINE_METHODS, patch_cell
 from .refine import refine as refine_map
 from .preprocess import ImageLike, image_size, preprocess_images
+from .spatial import segment_texts
 from .text_encoder import TextEncoder, build_text_encoder, load_text_encoder
 
 
@@ -211,16 +212,18 @@ class SaG(nn.Module):
     def predict(
         self, images: Sequence[ImageLike], texts: Sequence[str], scheme: str = "ours",
         refine: str | Callable[[torch.Tensor, ImageLike], torch.Tensor] | None = None,
+        spatial: bool | None = None,
     ) -> list[Segmentation]:
         """Convenience: image i with text i, end to end. Puts the model in eval mode (deterministic slots).
-        ``refine``: the mask refinement (default ``config.mask_refine``), guided by the images themselves."""
+        ``refine``: the mask refinement (default ``config.mask_refine``), guided by the images themselves;
+        ``spatial``: read spatial words (:mod:`sag.spatial`; default ``config.spatial_words``)."""
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images and {len(texts)} texts")
         self.eval()
         image = self.encode_image(self.preprocess(images))
-        text = self.encode_text(**self.tokenize(texts))
-        return self.segment(image, text, [image_size(im) for im in images], scheme=scheme, guides=images,
-                            refine=refine)
+        return segment_texts(self, image, list(texts), [image_size(im) for im in images], guides=images,
+                             spatial=self.config.spatial_words if spatial is None else spatial, scheme=scheme,
+                             refine=refine)
 
     @torch.no_grad()
     def entity_maps(self, image: ImageEntities, index: int, size: tuple[int, int]) -> torch.Tensor:

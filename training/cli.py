@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -48,15 +47,21 @@ def _parse_overrides(items: Sequence[str] | None) -> tuple[dict, dict]:
     return model, train
 
 
-def _init_distributed(device_spec: str):
-    """Under torchrun: init the process group and return this rank's device; otherwise the resolved device."""
+def _init_distributed(device_spec: str | None = None):
+    """Under torchrun: init the process group and return this rank's device; otherwise the resolved device.
+
+    ``None`` (no ``--device``) reads ``SAG_DEVICE``: sag itself reads no environment.
+    """
     import torch
     import torch.distributed as dist
 
     from sag import resolve_device
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+    settings = TrainingSettings.from_env()
+    if device_spec is None:
+        device_spec = settings.device
+    if settings.world_size > 1:
+        local = settings.local_rank
         base = resolve_device(device_spec)
         if base.type == "cuda":
             torch.cuda.set_device(local)
@@ -71,11 +76,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """``sag-train``: train a preset on a data set's train split, validating on its validation split."""
     from sag import SaG
 
-    from .loop import Trainer
-    from .presets import PRESETS, build_model, get_preset
+    from .engine import Trainer
+    from .presets import TRAINING_PRESETS, build_model, get_preset
 
     parser = argparse.ArgumentParser(prog="sag-train", description=train_main.__doc__)
-    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="assist", choices=sorted(TRAINING_PRESETS),
+                        help="assist (default): the paper's model and training with SaG Assist's inference; paper: "
+                             "the paper's inference too; cpu-synthetic[-paper]: the same pair for the CPU benchmark")
     _data_args(parser)
     parser.add_argument("--split", default="train", help="training split (default: train)")
     parser.add_argument("--val-split", default="val", help="validation split with masks ('' to skip)")
@@ -110,7 +117,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     preset = get_preset(args.preset, model_over, train_over)
     device = _init_distributed(settings.device)
 
-    from .loop import seed_everything
+    from .engine import seed_everything
 
     seed_everything(preset.train.seed)  # the same initial weights on every rank (build_model seeds as well)
     if args.init:
@@ -174,6 +181,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                                             "the refer layout's own; other formats: the referred masks)")
     parser.add_argument("--refine", choices=REFINE_METHODS,
                         help="edge-aware mask refinement before the threshold (default: the checkpoint's mask_refine)")
+    parser.add_argument("--spatial-words", choices=("on", "off"),
+                        help="read spatial words such as 'leftmost' or 'above the ...' (sag/spatial.py; default: the "
+                             "checkpoint's spatial_words)")
     parser.add_argument("--device", help="cpu, cuda[:n] or auto (default: SAG_DEVICE)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--quiet", action="store_true")
@@ -194,7 +204,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     report = evaluate(model, data, schemes=schemes, batch_size=args.batch_size, threshold=args.threshold,
                       baselines=BASELINES if args.baselines else (), limit=args.limit, on_batch=writer,
                       group_of=expression_kinds(data), show_progress=not args.quiet, diagnostics=args.diagnostics,
-                      instances=instances, refine=args.refine)
+                      instances=instances, refine=args.refine,
+                      spatial=None if args.spatial_words is None else args.spatial_words == "on")
     print(format_table(report, f"{data.name} - checkpoint {model.version}"))
     if writer is not None:
         print(f"\n{len(writer.written)} overlays written to {args.overlays}")
@@ -202,7 +213,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"checkpoint": str(args.checkpoint), "version": model.version,
-                       "refine": args.refine or model.config.mask_refine, **report.to_dict()}, fh, indent=2)
+                       "refine": args.refine or model.config.mask_refine,
+                       "spatial_words": model.config.spatial_words if args.spatial_words is None
+                       else args.spatial_words == "on", **report.to_dict()}, fh, indent=2)
     return 0
 
 

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from sag import SCHEMES, SaG, SegmentationMetrics
 from sag.inference import entity_maps, mix_entities, normalised_entity_maps
+from sag.spatial import segment_texts
 from sag.metrics import (
     BOUNDARY_TOLERANCE, argmax_segments, boundary_f_score, iou, mean_best_overlap, nonnegative_least_squares,
     pointing_hit,
@@ -266,7 +267,7 @@ def evaluate(model: SaG, data: Dataset, schemes: Sequence[str] = ("ours",), batc
              group_of: Callable[[int], str] | None = None, show_progress: bool = True,
              on_batch: Callable[[list[Sample], object, list], None] | None = None, diagnostics: bool = False,
              instances: InstanceMasks | None = None, fit_side: int = FIT_SIDE,
-             refine: str | Callable | None = None) -> EvalReport:
+             refine: str | Callable | None = None, spatial: bool | None = None) -> EvalReport:
     """Segment every expression of ``data`` (Samples with masks) and score it.
 
     Args:
@@ -286,6 +287,8 @@ def evaluate(model: SaG, data: Dataset, schemes: Sequence[str] = ("ours",), batc
         fit_side: the NNLS oracle's fitting resolution.
         refine: mask refinement for every scheme (a :mod:`sag.refine` method name or a callable such as
             :class:`sag.refine.PromptableRefiner`); default the model's ``config.mask_refine``.
+        spatial: read spatial words in every scheme (:mod:`sag.spatial`: "leftmost", "above the ..."); default the
+            model's ``config.spatial_words``.
     """
     from tqdm import tqdm
 
@@ -303,6 +306,7 @@ def evaluate(model: SaG, data: Dataset, schemes: Sequence[str] = ("ours",), batc
     if diagnostics and instances is None:
         instances = InstanceMasks.from_expressions(getattr(data, "expressions", None) or [])
     tau = model.config.threshold if threshold is None else threshold
+    spatial = model.config.spatial_words if spatial is None else spatial
     seen_images: set[str] = set()
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(count)), batch_size=batch_size,
                                          collate_fn=_collate)
@@ -313,13 +317,17 @@ def evaluate(model: SaG, data: Dataset, schemes: Sequence[str] = ("ours",), batc
                 if s.mask is None:
                     raise ValueError(f"expression {s.ref_id!r} has no ground-truth mask; evaluate needs masks")
             image = model.encode_image(model.preprocess([s.image for s in samples]))
-            text = model.encode_text(**model.tokenize([s.text for s in samples]))
+            texts = [s.text for s in samples]
             sizes = [s.mask.shape for s in samples]
             guides = [s.image for s in samples]
             per_scheme = {}
+
+            def segment(scheme: str) -> list:
+                return segment_texts(model, image, texts, sizes, guides=guides, spatial=spatial, scheme=scheme,
+                                     threshold=threshold, refine=refine)
+
             for scheme in schemes:
-                segs = model.segment(image, text, sizes, scheme=scheme, threshold=threshold, guides=guides,
-                                     refine=refine)
+                segs = segment(scheme)
                 per_scheme[scheme] = segs
                 for k, (s, seg) in enumerate(zip(samples, segs)):
                     metrics[scheme].update(seg.mask, s.mask)
@@ -329,8 +337,7 @@ def evaluate(model: SaG, data: Dataset, schemes: Sequence[str] = ("ours",), batc
                 for s in samples:
                     base_metrics[name].update(baseline_mask(name, s.mask.shape), s.mask)
             if diagnostics:
-                ours = per_scheme.get("ours") or model.segment(image, text, sizes, scheme="ours", threshold=threshold,
-                                                               guides=guides, refine=refine)
+                ours = per_scheme.get("ours") or segment("ours")
                 slot_attn = image.slot_attn.float()
                 for k, (s, seg) in enumerate(zip(samples, ours)):
                     masks = normalised_entity_maps(slot_attn[k], image.grid, s.mask.shape) >= tau  # (K, H, W)
@@ -365,6 +372,7 @@ def evaluate(model: SaG, data: Dataset, schemes: Sequence[str] = ("ours",), batc
             "boundary_tolerance_px": BOUNDARY_TOLERANCE, "threshold": tau, "fit_side": fit_side,
             "refine": (model.config.mask_refine if refine is None else refine if isinstance(refine, str)
                        else type(refine).__name__),
+            "spatial_words": spatial,
         },
     )
 

@@ -14,6 +14,7 @@ import torch
 
 from backend.app import create_app
 from backend.results import rle_to_mask
+from backend.exceptions import SettingsError
 from backend.settings import Settings
 from sag import SaG, tiny_config
 from training.registry import Registry
@@ -61,6 +62,7 @@ def test_predict_returns_brush_rle_equal_to_the_model_mask(model_dir, http_serve
         [photos["astronaut"], photos["coffee"], photos["coffee"]],
         ["the astronaut in a white suit", "the cup of coffee", "the spoon"],
         refine=Settings().mask_refine,  # the backend refines every mask (SAG_MASK_REFINE, default guided)
+        spatial=Settings().spatial_words,  # and reads spatial words (SAG_SPATIAL_WORDS, default on)
     )
     regions = results[0]["result"] + results[1]["result"]
     # "astronaut" is a predicted value of Person; a cup and a spoon are objects (backend/label_words.py).
@@ -304,11 +306,12 @@ def test_mask_refinement_setting_reaches_the_rle_and_follows_image_edges(tmp_pat
             out.append(rle_to_mask(region["value"]["rle"], *image.shape[:2]).astype(bool))
         return out
 
-    (photo_plain, regions_plain), (photo_refined, regions_refined) = masks(mask_refine="none"), masks()
+    (photo_plain, regions_plain), (photo_refined, regions_refined) = (masks(mask_refine="none", spatial_words=False),
+                                                                      masks(spatial_words=False))
     assert Settings().mask_refine == "guided"  # the default, chosen from bench/README.md's measurement
     # the RLE is the model's refined mask, bit for bit, and refinement changed it
     expected, _ = model.predict([photos["astronaut"], two_regions], ["the astronaut", "the red region on the left"],
-                                refine="guided")  # one batch, as the backend's, so float rounding is the same
+                                refine="guided", spatial=False)  # one batch, as the backend's: same rounding
     np.testing.assert_array_equal(photo_refined, expected.mask.numpy())
     assert (photo_refined != photo_plain).mean() > 0.05
 
@@ -322,3 +325,35 @@ def test_mask_refinement_setting_reaches_the_rle_and_follows_image_edges(tmp_pat
     left[:, :edge] = True
     truth = left if (regions_plain & left).sum() >= (regions_plain & ~left).sum() else ~left  # the region it chose
     assert boundary_f_score(regions_refined, truth) > max(0.9, boundary_f_score(regions_plain, truth) + 0.3)
+
+
+def test_spatial_words_setting_reaches_the_rle(tmp_path, http_server, photos):
+    """SAG_SPATIAL_WORDS: with it on (the default) the brush RLE for "the cup on the left" is one connected region
+    of the mask for "the cup" (sag/spatial.py), and with it off the model's own mask for the whole text."""
+    from sag.spatial import components
+
+    torch.manual_seed(0)
+    model = SaG(tiny_config())
+    registry = Registry(tmp_path / "models")
+    registry.promote(registry.add(model, {"preset": "tiny", "trained": False}).id)
+    base, served = http_server
+    served.files["/coffee.png"] = (png_bytes(photos["coffee"]), "image/png")
+    text = "the cup on the left"
+    tasks = [{"id": 1, "data": {"image": f"{base}/coffee.png", "text": text}}]
+    height, width = photos["coffee"].shape[:2]
+
+    def served_mask(**settings):
+        [result] = predict(make_client(tmp_path / "models", **settings), tasks)["results"]
+        [region] = result["result"]
+        return rle_to_mask(region["value"]["rle"], height, width).astype(bool)
+
+    assert Settings().spatial_words is True
+    on, off = served_mask(), served_mask(spatial_words=False)
+    [with_words], [without], [head] = (model.predict([photos["coffee"]], [t], refine="guided", spatial=s)
+                                       for t, s in ((text, True), (text, False), ("the cup", False)))
+    np.testing.assert_array_equal(on, with_words.mask.numpy())
+    np.testing.assert_array_equal(off, without.mask.numpy())
+    assert on.any() and not (on & ~head.mask.numpy()).any()
+    assert len(components(torch.from_numpy(on))) == 1
+    with pytest.raises(SettingsError, match="SAG_SPATIAL_WORDS"):
+        Settings.from_env({"SAG_SPATIAL_WORDS": "sometimes"})

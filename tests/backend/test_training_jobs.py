@@ -196,7 +196,8 @@ def test_a_candidate_trained_on_shuffled_texts_is_not_promoted(redis_url, model_
     for i, (url, text, pixels) in enumerate(images[:3]):
         with torch.no_grad():
             # refined as the backend serves them: fine-tuning validation scores the served masks
-            [seg] = serving.predict([Image.fromarray(pixels)], [text], refine=Settings.mask_refine)
+            [seg] = serving.predict([Image.fromarray(pixels)], [text], refine=Settings.mask_refine,
+                                    spatial=Settings.spatial_words)
         tasks.append({"id": 100 + i, "data": {"image": url, "text": text},
                       "annotations": [brush_annotation(seg.mask.cpu().numpy(), text)]})
     for i, (url, _, _) in enumerate(images):
@@ -224,12 +225,15 @@ def test_killing_the_trainer_mid_job_leaves_the_serving_version_intact_and_the_j
     registry.promote(Registry(model_dir).current())
     parent = registry.current()
     before = tree_digest(registry.get(parent).path)
-    steps = {"SAG_FINETUNE_STEPS": "12"}  # a checkpoint of the run every 3 steps
+    # Long enough that the kill lands mid-run on an idle machine too: steps of this model take a few ms and the job
+    # reports its step every 0.5 s (META_EVERY_S), so with 12 steps the first report after 0 was the last. A
+    # checkpoint of the run every 50 steps (FinetuneConfig.checkpoint_every), so one exists once step 60 is seen.
+    steps = {"SAG_FINETUNE_STEPS": "240"}
     victim = start_trainer(model_dir, base, **steps)
     client = app_client(redis_url, model_dir, base)
     job_id = start_training(client)["job_id"]
 
-    wait_for(lambda: (client.get(f"/jobs/{job_id}").get_json().get("step") or 0) >= 5, 120, "training progress")
+    wait_for(lambda: (client.get(f"/jobs/{job_id}").get_json().get("step") or 0) >= 60, 120, "training progress")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     assert registry.current() == parent
@@ -248,7 +252,7 @@ def test_killing_the_trainer_mid_job_leaves_the_serving_version_intact_and_the_j
     start_trainer(model_dir, base, **steps)
     info = wait_job(client, job_id)
     result = info["result"]
-    assert result["promoted"] and result["steps"] == 12 and result["parent"] == parent
+    assert result["promoted"] and result["steps"] == 240 and result["parent"] == parent
     assert "resuming the interrupted run" in (tmp_path / "trainer-1.log").read_text()
     assert registry.current() == result["version"]
     assert [v.id for v in registry.versions()] == sorted([parent, result["version"]])
@@ -332,6 +336,7 @@ def test_fine_tuning_freezes_the_backbone_and_validates_the_served_masks_as_conf
 
     default = finetune_config(Runtime(Settings.from_env({})))
     assert not default.freeze_image_backbone and default.mask_refine == Settings.mask_refine
+    assert default.spatial_words is Settings.spatial_words is True
     chosen = finetune_config(Runtime(Settings.from_env({"SAG_FINETUNE_FREEZE_IMAGE_BACKBONE": "true",
-                                                         "SAG_MASK_REFINE": "none"})))
-    assert chosen.freeze_image_backbone and chosen.mask_refine == "none"
+                                                         "SAG_MASK_REFINE": "none", "SAG_SPATIAL_WORDS": "off"})))
+    assert chosen.freeze_image_backbone and chosen.mask_refine == "none" and chosen.spatial_words is False

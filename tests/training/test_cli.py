@@ -1,10 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from training.cli import _parse_overrides, eval_main, train_main
-from training.presets import PRESETS, build_model, get_preset
-from training.settings import SettingsError, TrainingSettings
+from training.presets import TRAINING_PRESETS, build_model, get_preset
+from training.settings import RegistrySettings, SettingsError, TrainingSettings
 
 
 def test_train_then_eval_from_the_command_line(synthetic_root, tmp_path, capsys):
@@ -43,7 +44,15 @@ def test_presets():
     assert paper.train.backbone_lr_scale == 0.1 and paper.train.grad_clip == 0.1
     cpu = get_preset("cpu-synthetic", model={"slot_type": "random"}, train={"max_steps": 5})
     assert cpu.model.slot_type == "random" and cpu.train.max_steps == 5 and not cpu.pretrained
-    assert set(PRESETS) == {"paper", "cpu-synthetic", "cpu-synthetic-mobilenet"}
+    assert set(TRAINING_PRESETS) == {"assist", "paper", "cpu-synthetic", "cpu-synthetic-paper",
+                                     "cpu-synthetic-mobilenet"}
+    # each recipe in two flavours that differ only in their inference: SaG Assist's and the paper's
+    for ours, theirs in (("assist", "paper"), ("cpu-synthetic", "cpu-synthetic-paper")):
+        a, b = get_preset(ours), get_preset(theirs)
+        assert (a.model.mask_refine, a.model.spatial_words) == ("guided", True)
+        assert (b.model.mask_refine, b.model.spatial_words) == ("none", False)
+        assert a.model.replace(mask_refine="none", spatial_words=False) == b.model and a.train == b.train
+    assert get_preset("cpu-synthetic-mobilenet").model.spatial_words
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
 
@@ -69,3 +78,10 @@ def test_settings_from_env_and_flags():
     assert TrainingSettings.from_env({}).device == "auto"
     with pytest.raises(SettingsError, match="SAG_NUM_THREADS"):
         TrainingSettings.from_env({"SAG_NUM_THREADS": "many"})
+
+
+def test_registry_settings_default_to_local_files():
+    assert RegistrySettings.from_env({}) == RegistrySettings(Path("models"), None)
+    assert RegistrySettings.from_env({"SAG_MODEL_DIR": "", "REDIS_URL": ""}) == RegistrySettings(Path("models"), None)
+    given = RegistrySettings.from_env({"SAG_MODEL_DIR": "/m", "REDIS_URL": "redis://r:6379/0", "SAG_NUM_THREADS": "x"})
+    assert given == RegistrySettings(Path("/m"), "redis://r:6379/0")

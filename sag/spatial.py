@@ -1,0 +1,243 @@
+"""Spatial words: which of the objects a map covers does "the leftmost ...", "... above the ..." mean?
+
+SaG learns from image-text pairs alone, and no loss over such pairs can tell "left" from "right": mirror every image
+and swap the two words in every text, and the data, hence C^3 and the reconstruction loss, are unchanged, so a model
+that reads "left" as right scores exactly as well as one that reads it as left (bench/README.md, "Beyond the
+paper", measures it: a trained model's masks for a text and its mirrored text overlap with IoU 0.95). What a
+direction word means has to come from outside the pairs. This module supplies it as a small, fixed reading of
+English spatial language on top of the model's masks:
+
+1. :func:`parse` splits a text into what to look for (``head``: "the red circle") and a spatial cue: an absolute
+   position ("leftmost", "on the left", "top right", "in the middle") or a relation to a landmark ("left of",
+   "above", "next to" + "the blue star"), or a size ("small", "largest"). Texts without any of these parse to
+   ``None`` and keep the model's mask.
+2. The model segments ``head`` (and the landmark) like any text; its mask usually covers every object that fits the
+   words (entities group by appearance, so two red circles share one), as separate connected regions.
+3. :func:`select` keeps the region that the cue picks: the extreme one along the axis, the one on the named side
+   of the landmark and nearest to it, or the smallest / largest.
+
+The objects are the connected components of the thresholded map (``scipy.ndimage.label``), so two touching objects
+of one kind stay one candidate; the edge-aware refinement (:mod:`sag.refine`) separates more of them. English only;
+the word lists are below.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+# Relations, longest first so that "to the left of" wins over "left of". Value: (axis, sign) with axis 0 = x
+# (columns), 1 = y (rows), sign -1 = towards smaller coordinates (left, up); None = nearest ("next to").
+RELATIONS: dict[str, tuple[int, int] | None] = {
+    "to the left of": (0, -1), "on the left of": (0, -1), "left of": (0, -1),
+    "to the right of": (0, 1), "on the right of": (0, 1), "right of": (0, 1),
+    "on top of": (1, -1), "above": (1, -1), "over": (1, -1),
+    "underneath": (1, 1), "beneath": (1, 1), "below": (1, 1), "under": (1, 1),
+    "next to": None, "beside": None, "near": None,
+}
+# Absolute positions: phrases (removed from the head as a whole), then single words. (axis, sign) as above;
+# "middle" is (None, 0): closest to the image centre.
+POSITION_PHRASES: dict[str, tuple[int | None, int]] = {
+    "on the left": (0, -1), "on the right": (0, 1), "at the left": (0, -1), "at the right": (0, 1),
+    "at the top": (1, -1), "at the bottom": (1, 1), "on top": (1, -1),
+    "in the middle": (None, 0), "in the center": (None, 0), "in the centre": (None, 0),
+}
+POSITION_WORDS: dict[str, tuple[int | None, int]] = {
+    "leftmost": (0, -1), "left": (0, -1), "rightmost": (0, 1), "right": (0, 1),
+    "topmost": (1, -1), "uppermost": (1, -1), "highest": (1, -1), "top": (1, -1), "upper": (1, -1),
+    "bottommost": (1, 1), "lowermost": (1, 1), "lowest": (1, 1), "bottom": (1, 1), "lower": (1, 1),
+    "middle": (None, 0), "center": (None, 0), "centre": (None, 0), "central": (None, 0),
+}
+# Size words: +1 the largest region, -1 the smallest. Kept in the head too ("the small circle" is still a circle
+# the model should find, and the size may be what sets it apart from the other circles).
+SIZE_WORDS: dict[str, int] = {
+    "small": -1, "smaller": -1, "smallest": -1, "little": -1, "tiny": -1,
+    "large": 1, "larger": 1, "largest": 1, "big": 1, "bigger": 1, "biggest": 1, "huge": 1,
+}
+# A relation needs something to relate to: "the man over there" is a position of the speaker's, not a relation.
+NOT_LANDMARKS = frozenset({"there", "here", "it", "them", "that", "this", "one", "ones"})
+# Words that name nothing on their own: a head made only of them ("the left one") is no better than the whole text.
+EMPTY_WORDS = frozenset({"the", "a", "an", "one", "ones", "of", "is", "in", "on", "at", "and"})
+# Components smaller than this fraction of the largest candidate are specks of the threshold, not objects.
+MIN_COMPONENT_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class SpatialQuery:
+    """A text read as: find ``head``, then keep the object the cue names."""
+
+    head: str  # the text without its spatial words ("the red circle"); the model segments this
+    position: tuple[tuple[int | None, int], ...] = ()  # absolute cues, e.g. ((0, -1),) for "leftmost"
+    relation: str | None = None  # a key of RELATIONS
+    landmark: str | None = None  # the landmark's text when ``relation`` is set ("the blue star")
+    size: int = 0  # +1 "large", -1 "small", 0 no size word
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _remove(text: str, phrase: str) -> str:
+    return " ".join(re.sub(rf"\b{re.escape(phrase)}\b", " ", text).split())
+
+
+def parse(text: str) -> SpatialQuery | None:
+    """``text`` -> a :class:`SpatialQuery`, or ``None`` when it holds no spatial word.
+
+    "the leftmost red circle" -> head "the red circle", position ((0, -1),); "the small square above the blue star"
+    -> head "the small square", relation "above", landmark "the blue star". A relation takes precedence: only the
+    part before it is searched for absolute cues ("the left dog next to the car" -> head "the dog", both cues).
+    """
+    words = _words(text)
+    relation = landmark = None
+    for name in RELATIONS:  # longest first
+        match = re.search(rf"\b{re.escape(name)}\b", words)
+        rest = words[match.end():].strip() if match else ""
+        if rest and not set(rest.split()) <= NOT_LANDMARKS | EMPTY_WORDS:
+            relation, landmark = name, rest
+            words = words[: match.start()].strip()
+            break
+    position: list[tuple[int | None, int]] = []
+    for phrase, cue in POSITION_PHRASES.items():
+        if re.search(rf"\b{re.escape(phrase)}\b", words):
+            position.append(cue)
+            words = _remove(words, phrase)
+    for word, cue in POSITION_WORDS.items():
+        if re.search(rf"\b{word}\b", words):
+            position.append(cue)
+            words = _remove(words, word)
+    size = next((v for w, v in SIZE_WORDS.items() if re.search(rf"\b{w}\b", words)), 0)
+    if relation is None and not position and not size:
+        return None
+    head = words if set(words.split()) - EMPTY_WORDS else _words(text)
+    if landmark is not None and not landmark.startswith(("the ", "a ", "an ")):
+        landmark = "the " + landmark
+    return SpatialQuery(head=head, position=tuple(position), relation=relation, landmark=landmark,
+                        size=size)
+
+
+def components(mask: torch.Tensor) -> list[np.ndarray]:
+    """The connected regions (8-connected) of a bool mask (H, W), each as a bool array (H, W), largest first,
+    without specks under MIN_COMPONENT_FRACTION of the largest."""
+    labels, count = ndimage.label(mask.cpu().numpy(), structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    order = np.argsort(-areas, kind="stable")
+    keep = [i for i in order if areas[i] >= MIN_COMPONENT_FRACTION * areas[order[0]]]
+    return [labels == i + 1 for i in keep]
+
+
+def _centre(region: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """(x, y) of a region as fractions of the width and height, weighted by ``weight`` (the soft map) if given."""
+    ys, xs = np.nonzero(region)
+    w = weight[ys, xs] + 1e-6 if weight is not None else np.ones(len(xs))
+    h, wd = region.shape
+    return np.array([(xs * w).sum() / w.sum() / wd, (ys * w).sum() / w.sum() / h])
+
+
+def select(query: SpatialQuery, head_mask: torch.Tensor, head_soft: torch.Tensor | None = None,
+           landmark_mask: torch.Tensor | None = None, landmark_soft: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The region of ``head_mask`` (H, W) bool that ``query``'s cue picks, as a bool mask (H, W) on its device.
+
+    ``head_soft`` (H, W) weights the centres; ``landmark_mask`` / ``landmark_soft`` are the landmark's mask and map
+    (needed for a relation: the landmark is the region holding the landmark map's maximum). ``None`` when there is
+    nothing to choose from (an empty head mask, or a relation whose landmark mask is empty): keep the model's mask.
+    """
+    soft = head_soft.float().cpu().numpy() if head_soft is not None else None
+    regions = components(head_mask)
+    if not regions:
+        return None
+    if query.relation is not None:
+        if landmark_mask is None:
+            raise ValueError(f"the relation {query.relation!r} needs the landmark's mask")
+        marks = components(landmark_mask)
+        if not marks:
+            return None
+        if landmark_soft is not None:  # the landmark is where its map peaks
+            peak = np.unravel_index(int(landmark_soft.float().argmax()), landmark_soft.shape)
+            marks = [m for m in marks if m[peak]] or marks
+        mark = marks[0]
+        # the head's words often fit the landmark too ("the circle above the circle"): never answer the landmark
+        regions = [r for r in regions if (r & mark).sum() < 0.5 * r.sum()] or regions
+        anchor = _centre(mark, landmark_soft.float().cpu().numpy() if landmark_soft is not None else None)
+        centres = [_centre(r, soft) for r in regions]
+        axis_sign = RELATIONS[query.relation]
+        if axis_sign is None:
+            dist = [float(np.linalg.norm(c - anchor)) for c in centres]
+            best = int(np.argmin(dist))
+        else:
+            axis, sign = axis_sign
+            gaps = [(c[axis] - anchor[axis]) * sign for c in centres]
+            right_side = [i for i, g in enumerate(gaps) if g > 0]
+            # on the named side, the nearest; if nothing is, the one that goes furthest that way
+            best = (min(right_side, key=lambda i: float(np.linalg.norm(centres[i] - anchor))) if right_side
+                    else int(np.argmax(gaps)))
+        regions = [regions[best]]
+    if query.position and len(regions) > 1:
+        centres = np.stack([_centre(r, soft) for r in regions])
+        score = np.zeros(len(regions))
+        for axis, sign in query.position:
+            if axis is None:
+                score -= np.linalg.norm(centres - 0.5, axis=1)
+            else:
+                score += centres[:, axis] * sign
+        regions = [regions[int(np.argmax(score))]]
+    if query.size and len(regions) > 1:
+        areas = [r.sum() * query.size for r in regions]
+        regions = [regions[int(np.argmax(areas))]]
+    return torch.from_numpy(regions[0]).to(head_mask.device)
+
+
+def segment_texts(model, image, texts: Sequence[str], sizes: Sequence[tuple[int, int]],
+                  guides: Sequence | None = None, spatial: bool = True, **segment_kwargs) -> list:
+    """:meth:`SaG.segment <sag.model.SaG.segment>` for B (image, text) pairs given as strings, reading spatial words.
+
+    Args:
+        model: a :class:`sag.model.SaG`.
+        image: ImageEntities of B images (entry i answers ``texts[i]``).
+        texts: B texts.
+        sizes, guides, segment_kwargs: as for ``SaG.segment`` (scheme, threshold, refine).
+        spatial: read spatial words (:func:`parse` / :func:`select`); ``False`` is the paper's inference.
+
+    Returns:
+        B Segmentations. For a text with spatial words the mask is the region :func:`select` picks from the mask
+        of its ``head`` (``soft`` is the head's map inside that region); ``fuse_attn``, ``score`` and ``unrefined``
+        stay those of the whole text, so pointing and confidence still describe the model's own reading.
+    """
+    queries = [parse(t) for t in texts] if spatial else [None] * len(texts)
+    extra: list[tuple[int, str]] = []  # (pair index, text) for each head and landmark to segment
+    slots: list[tuple[int | None, int | None]] = []  # per pair: positions of its head and landmark in ``extra``
+    for i, query in enumerate(queries):
+        head = land = None
+        if query is not None:
+            head = i  # a size word alone leaves the text as its own head: its segmentation serves
+            if query.head != _words(texts[i]):
+                head = len(texts) + len(extra)
+                extra.append((i, query.head))
+            if query.landmark is not None:
+                land = len(texts) + len(extra)
+                extra.append((i, query.landmark))
+        slots.append((head, land))
+    every = list(texts) + [t for _, t in extra]
+    rows = torch.tensor(list(range(len(texts))) + [i for i, _ in extra], device=image.entities.device)
+    batch = type(image)(image.entities[rows], image.slot_attn[rows], image.grid)  # an ImageEntities
+    feats = model.encode_text(**model.tokenize(every))
+    segs = model.segment(batch, feats, [sizes[int(r)] for r in rows],
+                         guides=None if guides is None else [guides[int(r)] for r in rows], **segment_kwargs)
+    out = segs[: len(texts)]
+    for i, (query, (head, land)) in enumerate(zip(queries, slots)):
+        if query is None:
+            continue
+        h = segs[head]
+        lm = segs[land] if land is not None else None
+        picked = select(query, h.mask, h.soft, lm.mask if lm else None, lm.soft if lm else None)
+        if picked is not None:
+            own = out[i].unrefined if out[i].unrefined is not None else out[i].soft
+            out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own)
+    return out
