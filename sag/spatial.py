@@ -13,8 +13,9 @@ English spatial language on top of the model's masks:
    ``None`` and keep the model's mask.
 2. The model segments ``head`` (and the landmark) like any text; its mask usually covers every object that fits the
    words (entities group by appearance, so two red circles share one), as separate connected regions.
-3. :func:`select` keeps the region that the cue picks: the extreme one along the axis, the one on the named side
-   of the landmark and nearest to it, or the smallest / largest.
+3. :func:`select` keeps the region that the cue picks: the extreme one along the axis; of those on the named side
+   of the landmark, the one whose map peaks highest (the best fit for the head's words; "next to": the nearest);
+   or the smallest / largest.
 
 The objects are the connected components of the thresholded map (``scipy.ndimage.label``), so two touching objects
 of one kind stay one candidate; the edge-aware refinement (:mod:`sag.refine`) separates more of them. English only;
@@ -145,7 +146,8 @@ def select(query: SpatialQuery, head_mask: torch.Tensor, head_soft: torch.Tensor
            landmark_mask: torch.Tensor | None = None, landmark_soft: torch.Tensor | None = None) -> torch.Tensor | None:
     """The region of ``head_mask`` (H, W) bool that ``query``'s cue picks, as a bool mask (H, W) on its device.
 
-    ``head_soft`` (H, W) weights the centres; ``landmark_mask`` / ``landmark_soft`` are the landmark's mask and map
+    ``head_soft`` (H, W) weights the centres and ranks the regions on a relation's side (without it: the nearest
+    to the landmark); ``landmark_mask`` / ``landmark_soft`` are the landmark's mask and map
     (needed for a relation: the landmark is the region holding the landmark map's maximum). ``None`` when there is
     nothing to choose from (an empty head mask, or a relation whose landmark mask is empty): keep the model's mask.
     """
@@ -174,10 +176,13 @@ def select(query: SpatialQuery, head_mask: torch.Tensor, head_soft: torch.Tensor
         else:
             axis, sign = axis_sign
             gaps = [(c[axis] - anchor[axis]) * sign for c in centres]
-            right_side = [i for i, g in enumerate(gaps) if g > 0]
-            # on the named side, the nearest; if nothing is, the one that goes furthest that way
-            best = (min(right_side, key=lambda i: float(np.linalg.norm(centres[i] - anchor))) if right_side
-                    else int(np.argmax(gaps)))
+            named_side = [i for i, g in enumerate(gaps) if g > 0]
+            if not named_side:  # nothing is: the one that goes furthest that way
+                best = int(np.argmax(gaps))
+            elif soft is not None:  # of those on the named side, the one that fits the head's words best
+                best = max(named_side, key=lambda i: float(soft[regions[i]].max()))
+            else:
+                best = min(named_side, key=lambda i: float(np.linalg.norm(centres[i] - anchor)))
         regions = [regions[best]]
     if query.position and len(regions) > 1:
         centres = np.stack([_centre(r, soft) for r in regions])

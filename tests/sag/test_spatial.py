@@ -67,6 +67,19 @@ def test_a_relation_keeps_the_region_on_that_side_of_the_landmark(relation, expe
     assert torch.equal(picked, blobs(expected))
 
 
+def test_of_the_regions_on_the_named_side_the_best_fit_for_the_head_wins():
+    landmark = blobs((30, 38, 15, 25))
+    head = blobs((18, 26, 2, 10), (2, 10, 30, 38))  # both above the landmark; the first is nearer
+    soft = torch.zeros(40, 40)
+    soft[18:26, 2:10], soft[2:10, 30:38] = 0.6, 1.0  # the second fits the words better
+    query = parse("the circle above the star")
+    assert torch.equal(select(query, head, soft, landmark_mask=landmark), blobs((2, 10, 30, 38)))
+    assert torch.equal(select(query, head, landmark_mask=landmark), blobs((18, 26, 2, 10)))  # no map: the nearest
+    # "next to" is about distance, whatever the map says
+    assert torch.equal(select(parse("the circle next to the star"), head, soft, landmark_mask=landmark),
+                       blobs((18, 26, 2, 10)))
+
+
 def test_the_landmark_is_where_its_map_peaks():
     head = blobs(TOP, BOTTOM)
     landmark = blobs((12, 16, 15, 25), (26, 29, 15, 25))  # two candidates for "the star"
