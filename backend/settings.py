@@ -10,20 +10,13 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
+from training.settings import read_int
+
 from .exceptions import SettingsError
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return read_int(env, name, default, minimum, error=SettingsError)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, fraction: bool = False) -> float:
@@ -209,7 +202,7 @@ class Settings:
     mask_refine: str = "guided"
     # Read spatial words ("the leftmost ...", "... above the ...", "the small ...") with sag/spatial.py: the mask
     # becomes the region they pick among those the model found. On by default: on the synthetic benchmark it
-    # lifted position and relation expressions most (bench/README.md, "Spatial words").
+    # lifted position and relation expressions most (bench/README.md, "Beyond the paper").
     spatial_words: bool = True
 
     # Label Studio.

@@ -72,7 +72,8 @@ def make_version_id(weights_sha256: str, when: datetime | None = None) -> str:
     return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{weights_sha256[:8]}"
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | Path, metadata: dict[str, Any] | None = None) -> CheckpointInfo:
+def save_pretrained(model: torch.nn.Module, directory: str | Path,
+                    metadata: dict[str, Any] | None = None) -> CheckpointInfo:
     """Write ``model`` to ``directory`` (which must not exist yet) atomically and return its version.
 
     ``metadata`` is merged into the stored metadata; use it for lineage (``parent``), what the model was trained on

@@ -199,50 +199,70 @@ def select(query: SpatialQuery, head_mask: torch.Tensor, head_soft: torch.Tensor
     return torch.from_numpy(regions[0]).to(head_mask.device)
 
 
-def segment_texts(model, image, texts: Sequence[str], sizes: Sequence[tuple[int, int]],
-                  guides: Sequence | None = None, spatial: bool = True, **segment_kwargs) -> list:
-    """:meth:`SaG.segment <sag.model.SaG.segment>` for B (image, text) pairs given as strings, reading spatial words.
+class TextQueries:
+    """B texts about B images, read and encoded once, to segment with any scheme or refinement.
 
     Args:
         model: a :class:`sag.model.SaG`.
         image: ImageEntities of B images (entry i answers ``texts[i]``).
         texts: B texts.
-        sizes, guides, segment_kwargs: as for ``SaG.segment`` (scheme, threshold, refine).
         spatial: read spatial words (:func:`parse` / :func:`select`); ``False`` is the paper's inference.
 
-    Returns:
-        B Segmentations. For a text with spatial words the mask is the region :func:`select` picks from the mask
-        of its ``head`` (``soft`` is the head's map inside that region); ``fuse_attn``, ``score`` and ``unrefined``
-        stay those of the whole text, so pointing and confidence still describe the model's own reading.
+    The heads and landmarks that spatial words call for are encoded with the texts, in one batch of texts through
+    the text encoder; :meth:`segment` then runs the fusion and the mask drawing, which is all that depends on the
+    scheme, the threshold and the refinement.
     """
-    queries = [parse(t) for t in texts] if spatial else [None] * len(texts)
-    extra: list[tuple[int, str]] = []  # (pair index, text) for each head and landmark to segment
-    slots: list[tuple[int | None, int | None]] = []  # per pair: positions of its head and landmark in ``extra``
-    for i, query in enumerate(queries):
-        head = land = None
-        if query is not None:
-            head = i  # a size word alone leaves the text as its own head: its segmentation serves
-            if query.head != _words(texts[i]):
-                head = len(texts) + len(extra)
-                extra.append((i, query.head))
-            if query.landmark is not None:
-                land = len(texts) + len(extra)
-                extra.append((i, query.landmark))
-        slots.append((head, land))
-    every = list(texts) + [t for _, t in extra]
-    rows = torch.tensor(list(range(len(texts))) + [i for i, _ in extra], device=image.entities.device)
-    batch = type(image)(image.entities[rows], image.slot_attn[rows], image.grid)  # an ImageEntities
-    feats = model.encode_text(**model.tokenize(every))
-    segs = model.segment(batch, feats, [sizes[int(r)] for r in rows],
-                         guides=None if guides is None else [guides[int(r)] for r in rows], **segment_kwargs)
-    out = segs[: len(texts)]
-    for i, (query, (head, land)) in enumerate(zip(queries, slots)):
-        if query is None:
-            continue
-        h = segs[head]
-        lm = segs[land] if land is not None else None
-        picked = select(query, h.mask, h.soft, lm.mask if lm else None, lm.soft if lm else None)
-        if picked is not None:
-            own = out[i].unrefined if out[i].unrefined is not None else out[i].soft
-            out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own)
-    return out
+
+    def __init__(self, model, image, texts: Sequence[str], spatial: bool = True):
+        self.model, self.count = model, len(texts)
+        self.queries = [parse(t) for t in texts] if spatial else [None] * len(texts)
+        extra: list[tuple[int, str]] = []  # (pair index, text) for each head and landmark to segment
+        # per pair: where its head's and its landmark's segmentations will be in the list segment() draws
+        self.slots: list[tuple[int | None, int | None]] = []
+        for i, query in enumerate(self.queries):
+            head = land = None
+            if query is not None:
+                head = i  # a size word alone leaves the text as its own head: its segmentation serves
+                if query.head != _words(texts[i]):
+                    head = len(texts) + len(extra)
+                    extra.append((i, query.head))
+                if query.landmark is not None:
+                    land = len(texts) + len(extra)
+                    extra.append((i, query.landmark))
+            self.slots.append((head, land))
+        self.rows = list(range(len(texts))) + [i for i, _ in extra]  # the image each segmented text asks about
+        self.image = image
+        if extra:
+            index = torch.tensor(self.rows, device=image.entities.device)
+            self.image = type(image)(image.entities[index], image.slot_attn[index], image.grid)  # an ImageEntities
+        self.text = model.encode_text(**model.tokenize(list(texts) + [t for _, t in extra]))
+
+    def segment(self, sizes: Sequence[tuple[int, int]], guides: Sequence | None = None, **segment_kwargs) -> list:
+        """B Segmentations at ``sizes``; ``guides`` and ``segment_kwargs`` (scheme, threshold, refine) as for
+        :meth:`SaG.segment <sag.model.SaG.segment>`.
+
+        For a text with spatial words the mask is the region :func:`select` picks from the mask of its ``head``
+        (``soft`` is the head's map inside that region); ``fuse_attn``, ``score`` and ``unrefined`` stay those of the
+        whole text, so pointing and confidence still describe the model's own reading.
+        """
+        segs = self.model.segment(self.image, self.text, [sizes[r] for r in self.rows],
+                                  guides=None if guides is None else [guides[r] for r in self.rows],
+                                  **segment_kwargs)
+        out = segs[: self.count]
+        for i, (query, (head, land)) in enumerate(zip(self.queries, self.slots)):
+            if query is None:
+                continue
+            h = segs[head]
+            lm = segs[land] if land is not None else None
+            picked = select(query, h.mask, h.soft, lm.mask if lm else None, lm.soft if lm else None)
+            if picked is not None:
+                own = out[i].unrefined if out[i].unrefined is not None else out[i].soft
+                out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own)
+        return out
+
+
+def segment_texts(model, image, texts: Sequence[str], sizes: Sequence[tuple[int, int]],
+                  guides: Sequence | None = None, spatial: bool = True, **segment_kwargs) -> list:
+    """:meth:`SaG.segment <sag.model.SaG.segment>` for B (image, text) pairs given as strings, reading spatial words
+    when ``spatial``: ``TextQueries(model, image, texts, spatial).segment(sizes, guides, **segment_kwargs)``."""
+    return TextQueries(model, image, texts, spatial).segment(sizes, guides, **segment_kwargs)

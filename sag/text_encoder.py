@@ -76,6 +76,7 @@ def tokenize_batch(tokenizer, texts: Sequence[str], max_tokens: int) -> dict[str
                       return_token_type_ids=False)
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
+
 class TextEncoder(nn.Module):
     """A transformers encoder + tokenizer; ``forward`` gives the projected [CLS] feature (B, D)."""
 

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from sag import SCHEMES, SaG, SegmentationMetrics
 from sag.inference import entity_maps, mix_entities, normalised_entity_maps
-from sag.spatial import segment_texts
+from sag.spatial import TextQueries
 from sag.metrics import (
     BOUNDARY_TOLERANCE, argmax_segments, boundary_f_score, iou, mean_best_overlap, nonnegative_least_squares,
     pointing_hit,
@@ -317,14 +317,13 @@ def evaluate(model: SaG, data: Dataset, schemes: Sequence[str] = ("ours",), batc
                 if s.mask is None:
                     raise ValueError(f"expression {s.ref_id!r} has no ground-truth mask; evaluate needs masks")
             image = model.encode_image(model.preprocess([s.image for s in samples]))
-            texts = [s.text for s in samples]
+            queries = TextQueries(model, image, [s.text for s in samples], spatial)  # texts encoded once
             sizes = [s.mask.shape for s in samples]
             guides = [s.image for s in samples]
             per_scheme = {}
 
             def segment(scheme: str) -> list:
-                return segment_texts(model, image, texts, sizes, guides=guides, spatial=spatial, scheme=scheme,
-                                     threshold=threshold, refine=refine)
+                return queries.segment(sizes, guides, scheme=scheme, threshold=threshold, refine=refine)
 
             for scheme in schemes:
                 segs = segment(scheme)

@@ -39,8 +39,9 @@ class Preset:
 
 def _paper() -> Preset:
     # The authors' recipe (kdwonn/SaG's train_eval_unc.sh and argument parser): AdamW lr 1e-5, backbones x0.1,
-    # wd 1e-4, clip 0.1, batch 32, 50 epochs, cosine, validation every epoch with the best kept by val mIoU. Their 5000-iteration ramp
-    # was on the loss, which Adam largely ignores; a short lr warm-up does the job it was meant to do.
+    # wd 1e-4, clip 0.1, batch 32, 50 epochs, cosine, validation every epoch with the best kept by val mIoU. Their
+    # 5000-iteration ramp was on the loss, which Adam largely ignores; a short lr warm-up does the job it was meant
+    # to do.
     return Preset(
         name="paper",
         model=paper_config(image_weights="hub"),
@@ -55,10 +56,15 @@ def _paper() -> Preset:
 ASSIST_INFERENCE = {"mask_refine": "guided", "spatial_words": True}
 
 
+def _with_assist_inference(preset: Preset, name: str) -> Preset:
+    """``preset`` trained alike, with SaG Assist's inference (validation during training scores these masks too, so
+    the best checkpoint is the best for what is served)."""
+    return replace(preset, name=name, model=preset.model.replace(**ASSIST_INFERENCE),
+                   description=preset.description + "; masks refined along edges, spatial words read")
+
+
 def _assist() -> Preset:
-    paper = _paper()
-    return replace(paper, name="assist", model=paper.model.replace(**ASSIST_INFERENCE),
-                   description=paper.description + "; masks refined along edges, spatial words read")
+    return _with_assist_inference(_paper(), "assist")
 
 
 def _cpu_synthetic_paper() -> Preset:
@@ -74,17 +80,12 @@ def _cpu_synthetic_paper() -> Preset:
                           eval_limit=200, log_every=25, freeze_image_backbone=True),
         pretrained=False,
         text_init_gain=1.0,
-        description="tiny ViT (patch 8, fixed random) @ 96 + tiny BERT, K = 4 x 2 = 8, T = 3, batch 64, 600 steps; "
-                    "the paper's inference",
+        description="tiny ViT (patch 8, fixed random) @ 96 + tiny BERT, K = 4 x 2 = 8, T = 3, batch 64, 600 steps",
     )
 
 
 def _cpu_synthetic() -> Preset:
-    # Validation during training scores these masks too, so the best checkpoint is the best for what is served.
-    base = _cpu_synthetic_paper()
-    return replace(base, name="cpu-synthetic", model=base.model.replace(**ASSIST_INFERENCE),
-                   description=base.description.replace("the paper's inference",
-                                                        "masks refined along edges, spatial words read"))
+    return _with_assist_inference(_cpu_synthetic_paper(), "cpu-synthetic")
 
 
 def _cpu_synthetic_mobilenet() -> Preset:

@@ -14,8 +14,8 @@ nothing from the environment themselves.
 ``LOCAL_RANK``         this process's GPU index on its node (set by torchrun; default 0)
 =====================  ===========================================================================
 
-The last two are the backend's variables as well (``backend/settings.py`` reads them the same way), so
-``sag-models`` and the backend find the same registry.
+``SAG_MODEL_DIR`` and ``REDIS_URL`` are the backend's variables as well (``backend/settings.py`` reads them the same
+way), so ``sag-models`` and the backend find the same registry.
 """
 
 from __future__ import annotations
@@ -26,6 +26,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .exceptions import SettingsError
+
+
+def read_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
+             error: type[SettingsError] = SettingsError) -> int:
+    """The integer variable ``name`` (``default`` when unset or blank); ``error`` naming it when it is not an integer
+    or is below ``minimum``. The backend reads its integers with this too, raising its own ``SettingsError``."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise error(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise error(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,20 +56,13 @@ class TrainingSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TrainingSettings":
         env = os.environ if env is None else env
-        raw_threads = env.get("SAG_NUM_THREADS", "").strip() or "0"
-        try:
-            threads = int(raw_threads)
-        except ValueError:
-            raise SettingsError(f"SAG_NUM_THREADS must be an integer, got {raw_threads!r}") from None
-        if threads < 0:
-            raise SettingsError(f"SAG_NUM_THREADS must be >= 0, got {threads}")
         return cls(
             device=env.get("SAG_DEVICE", "").strip() or "auto",
             data_root=Path(env.get("SAG_DATA_ROOT", "").strip() or "data"),
             runs_dir=Path(env.get("SAG_RUNS_DIR", "").strip() or "runs"),
-            num_threads=threads,
-            world_size=int(env.get("WORLD_SIZE", "1")),
-            local_rank=int(env.get("LOCAL_RANK", "0")),
+            num_threads=read_int(env, "SAG_NUM_THREADS", 0),
+            world_size=read_int(env, "WORLD_SIZE", 1, minimum=1),
+            local_rank=read_int(env, "LOCAL_RANK", 0),
         )
 
     def override(self, **flags: Any) -> "TrainingSettings":

@@ -78,6 +78,14 @@ def test_settings_from_env_and_flags():
     assert TrainingSettings.from_env({}).device == "auto"
     with pytest.raises(SettingsError, match="SAG_NUM_THREADS"):
         TrainingSettings.from_env({"SAG_NUM_THREADS": "many"})
+    with pytest.raises(SettingsError, match="SAG_NUM_THREADS must be >= 0"):
+        TrainingSettings.from_env({"SAG_NUM_THREADS": "-1"})
+    torchrun = TrainingSettings.from_env({"WORLD_SIZE": "4", "LOCAL_RANK": "3"})
+    assert (torchrun.world_size, torchrun.local_rank) == (4, 3)
+    assert (s.world_size, s.local_rank) == (1, 0)
+    for name, value in (("WORLD_SIZE", "two"), ("WORLD_SIZE", "0"), ("LOCAL_RANK", "-1")):
+        with pytest.raises(SettingsError, match=name):
+            TrainingSettings.from_env({name: value})
 
 
 def test_registry_settings_default_to_local_files():
