@@ -1,4 +1,7 @@
 import collections
+import dataclasses
+import hashlib
+import json
 import pickle
 import subprocess
 import sys
@@ -9,17 +12,18 @@ import pytest
 from training.datasets.refcoco import refer_dataset
 from training.datasets.synthetic import synthetic_dataset
 from training.synthetic import (
-    COLOURS, HELD_OUT_PAIRS, KINDS, SHAPES, SPLITS, SyntheticConfig, bag_of_words_oracle, generate_scene, resolve,
-    write_benchmark,
+    COLOURS, DOMAINS, HELD_OUT_PAIRS, KINDS, SHAPES, SPLITS, DomainConfig, SyntheticConfig, bag_of_words_oracle,
+    generate_scene, resolve, synthetic_config, write_benchmark,
 )
 
 from .conftest import SMALL
 
 CFG = SyntheticConfig(image_size=64)
+SHIFT = DomainConfig(image_size=64, scenes={"train": 60, "val": 20, "test": 20, "compositional": 8})
 
 
-def _scenes(split, n=120):
-    return [s for s in (generate_scene(CFG, split, i) for i in range(n)) if s is not None]
+def _scenes(split, n=120, config=CFG):
+    return [s for s in (generate_scene(config, split, i) for i in range(n)) if s is not None]
 
 
 def test_scenes_are_deterministic_by_seed():
@@ -76,6 +80,73 @@ def test_bag_of_words_cannot_solve_it():
     assert np.mean(ambiguous) > 0.3
 
 
+def test_the_base_domain_generates_what_it_always_did():
+    # Digest of the expressions, targets and mask areas of the base generator before the shift domain existed: the
+    # benchmark's checkpoints and tables hold only while its scenes stay the same.
+    rows = []
+    for split in ("train", "compositional"):
+        for i in range(30):
+            s = generate_scene(SMALL, split, i)
+            if s:
+                rows.append([[e.kind, e.text, e.target] for e in s.expressions] + [s.masks.sum(axis=(1, 2)).tolist()])
+    assert hashlib.sha256(json.dumps(rows).encode()).hexdigest() == \
+        "9e2b5e759509ba503eba126861d64d60cf4baad8f0339f8009e919078e3bad0c"
+    # bench/synthetic_benchmark.py reuses generated data only when synthetic.json equals the config's fields
+    assert "domain" not in {f.name for f in dataclasses.fields(SyntheticConfig)}
+
+
+def _words(scenes):
+    return {w for s in scenes for e in s.expressions for w in e.text.split()}
+
+
+def test_the_shift_domain_names_nothing_the_base_domain_does():
+    base, shift = DOMAINS["base"], DOMAINS["shift"]
+    assert not set(base.colours) & set(shift.colours) and not set(base.shapes) & set(shift.shapes)
+    base_words = _words(_scenes("train", 150)) | _words(_scenes("test", 60))
+    shift_words = _words(_scenes("train", 150, SHIFT)) | _words(_scenes("test", 60, SHIFT))
+    new = set(shift.colours) | set(shift.shapes)
+    assert new <= shift_words, "every new word is used"
+    assert not new & base_words, "the base benchmark never says a new word"
+    assert not (set(base.colours) | set(base.shapes)) & shift_words
+    for s in _scenes("val", 40, SHIFT):
+        assert all(o.colour in shift.colours and o.shape in shift.shapes for o in s.objects)
+
+
+@pytest.mark.parametrize("split", ("train", "val", "test", "compositional"))
+def test_every_shift_expression_identifies_exactly_its_target(split):
+    scenes = _scenes(split, 60, SHIFT)
+    assert scenes
+    held = set(SHIFT.held_out)
+    for s in scenes:
+        assert s.masks.any(axis=(1, 2)).all() and s.masks.sum(axis=0).max() <= 1
+        for e in s.expressions:
+            assert resolve(s.objects, e.text, SHIFT.margin) == [e.target], e.text
+            assert ((s.objects[e.target].colour, s.objects[e.target].shape) in held) == (split == "compositional")
+
+
+def test_shift_splits_and_scenes_are_their_own(tmp_path):
+    root = write_benchmark(tmp_path / "shift", SHIFT, progress=False)
+    digests = collections.defaultdict(set)
+    for path in (root / "images").iterdir():
+        digests[path.name.split("_")[0]].add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert set(digests) == set(SPLITS)
+    for a in SPLITS:
+        for b in SPLITS:
+            assert a == b or not digests[a] & digests[b], (a, b)
+    for split in ("train", "val", "test"):
+        ds = synthetic_dataset(tmp_path, split, name="shift")
+        assert len({e.text for e in ds.expressions}) > 1 and ds[0].mask.any()
+    assert json.loads((root / "synthetic.json").read_text())["domain"] == "shift"
+    categories = json.loads((root / "instances.json").read_text())["categories"]
+    assert [c["name"] for c in categories] == list(DOMAINS["shift"].shapes)
+    # not the base scenes with other words: the domain's seeds differ
+    shift_layout = [generate_scene(SHIFT, "train", i) for i in range(20)]
+    base_layout = [generate_scene(CFG, "train", i) for i in range(20)]
+    places = lambda scene: [(o.x, o.y) for o in scene.objects]  # noqa: E731
+    assert not any(a is not None and b is not None and places(a) == places(b)
+                   for a, b in zip(shift_layout, base_layout))
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="min_objects"):
         SyntheticConfig(min_objects=1)
@@ -83,6 +154,15 @@ def test_config_rejects_bad_values():
         SyntheticConfig(scenes={"training": 3})
     with pytest.raises(ValueError, match="held-out pair"):
         SyntheticConfig(held_out=(("pink", "circle"),))
+    with pytest.raises(ValueError, match="held-out pair"):
+        DomainConfig(held_out=(("red", "heart"),))
+    with pytest.raises(ValueError, match="unknown domain"):
+        synthetic_config("mars")
+    with pytest.raises(ValueError, match="base domain"):
+        DomainConfig(domain="base")
+    with pytest.raises(ValueError, match="compositional split needs"):
+        DomainConfig(held_out=(), scenes={"compositional": 3})
+    assert synthetic_config("base", seed=2) == SyntheticConfig(seed=2)
 
 
 def test_written_benchmark_loads_through_the_refer_loader(synthetic_root):
@@ -120,6 +200,18 @@ def test_command_line_writes_the_layout(tmp_path):
     assert {p.name for p in (tmp_path / "s").iterdir()} == {"images", "instances.json", "refs(synthetic).p",
                                                             "synthetic.json"}
     assert synthetic_dataset(tmp_path, "compositional", name="s")[0].mask.shape == (32, 32)
+
+
+def test_command_line_writes_the_shift_domain(tmp_path):
+    from training.synthetic.__main__ import main
+
+    assert main(["--out", str(tmp_path / "s"), "--domain", "shift", "--train", "3", "--val", "2", "--test", "2",
+                 "--image-size", "32"]) == 0
+    written = json.loads((tmp_path / "s" / "synthetic.json").read_text())
+    assert written["domain"] == "shift" and written["scenes"] == {"train": 3, "val": 2, "test": 2, "compositional": 0}
+    texts = synthetic_dataset(tmp_path, "val", name="s").texts
+    assert texts and all(set(t.split()) & (set(DOMAINS["shift"].colours) | set(DOMAINS["shift"].shapes) | {"shape"})
+                         for t in texts)
 
 
 def test_the_old_command_is_an_alias_of_the_new_one(tmp_path):

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import COLOURS, KINDS, SHAPES, SIZES
+from .config import ALL_COLOURS, ALL_SHAPES, KINDS, SIZES
 
 RELATIONS: dict[str, tuple[int, int]] = {  # phrase -> (axis, sign): target coordinate minus landmark's
     "left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1),
@@ -197,9 +197,9 @@ def _parse_descriptor(words: Sequence[str]) -> Descriptor:
     for w in words:
         if w in SIZES:
             values["size"] = w
-        elif w in COLOURS:
+        elif w in ALL_COLOURS:
             values["colour"] = w
-        elif w in SHAPES:
+        elif w in ALL_SHAPES:
             values["shape"] = w
         elif w != "shape":
             raise ValueError(f"not a descriptor word: {w!r}")

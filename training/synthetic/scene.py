@@ -1,8 +1,9 @@
 """One scene of the benchmark: place the objects, write expressions for some of them, then draw it.
 
-Every scene is drawn from its own generator seeded by ``(seed, split, index)``, so a scene does not depend on how
-many scenes were asked for. Placement, the grammar and the drawing share that one generator, in that order: changing
-the order (or what any step draws from it) changes every scene, so keep it when editing.
+Every scene is drawn from its own generator seeded by ``(seed, split, index)`` (and the domain's salt, for domains
+other than the base one), so a scene does not depend on how many scenes were asked for. Placement, the grammar and
+the drawing share that one generator, in that order: changing the order (or what any step draws from it) changes
+every scene, so keep it when editing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import COLOURS, SHAPES, SIZES, SPLITS, SyntheticConfig
+from .config import SIZES, SPLITS, SyntheticConfig
 from .drawing import draw_scene
 from .grammar import SceneExpression, SceneObject, refer
 
@@ -38,7 +39,9 @@ def generate_scene(config: SyntheticConfig, split: str, index: int) -> Scene | N
 
     Returns None when the drawn scene admits no valid expression for the split (the caller skips the index).
     """
-    rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
+    salt = config.vocabulary.seed_salt
+    rng = np.random.default_rng([config.seed, SPLITS.index(split), index, *(() if salt is None else (salt,))])
+    colours, shapes = list(config.colours), config.shapes
     held_out = set(config.held_out)
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     objs: list[SceneObject] = []
@@ -49,7 +52,7 @@ def generate_scene(config: SyntheticConfig, split: str, index: int) -> Scene | N
         elif split == "compositional" and not any((o.colour, o.shape) in held_out for o in objs):
             colour, shape = config.held_out[rng.integers(len(config.held_out))]
         else:
-            colour, shape = list(COLOURS)[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]
+            colour, shape = colours[rng.integers(len(colours))], shapes[rng.integers(len(shapes))]
         size = SIZES[rng.integers(len(SIZES))]
         radius = float(rng.uniform(*config.radius[size]))
         where = _place(rng, objs, radius)
@@ -71,5 +74,5 @@ def generate_scene(config: SyntheticConfig, split: str, index: int) -> Scene | N
             break
     if not expressions:
         return None
-    image, masks = draw_scene(objs, rng, config.image_size)
+    image, masks = draw_scene(objs, rng, config.image_size, config.vocabulary)
     return Scene(objs, expressions, image, masks)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .config import SHAPES, SPLITS, SyntheticConfig
+from .config import SPLITS, SyntheticConfig
 from .scene import generate_scene
 
 REFS_FILE = "refs(synthetic).p"  # split_by "synthetic": the name training.datasets.refcoco looks for
@@ -37,7 +37,8 @@ def write_benchmark(root: str | Path, config: SyntheticConfig = SyntheticConfig(
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
+    shapes = config.shapes
+    categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(shapes)]
     images, annotations, refs = [], [], []
     total = sum(config.scenes.values())
     bar = tqdm(total=total, desc="synthetic scenes", disable=not progress)
@@ -58,7 +59,7 @@ def write_benchmark(root: str | Path, config: SyntheticConfig = SyntheticConfig(
                 rle["counts"] = rle["counts"].decode("ascii")
                 ann_ids.append(len(annotations) + 1)
                 annotations.append({
-                    "id": ann_ids[-1], "image_id": image_id, "category_id": SHAPES.index(obj.shape) + 1,
+                    "id": ann_ids[-1], "image_id": image_id, "category_id": shapes.index(obj.shape) + 1,
                     "segmentation": rle, "area": int(mask.sum()), "iscrowd": 0,
                     "bbox": [float(v) for v in mask_utils.toBbox(rle)],
                     "attributes": asdict(obj),
@@ -67,7 +68,7 @@ def write_benchmark(root: str | Path, config: SyntheticConfig = SyntheticConfig(
                 ref_id = len(refs) + 1
                 refs.append({
                     "ref_id": ref_id, "ann_id": ann_ids[expr.target], "image_id": image_id, "split": split,
-                    "category_id": SHAPES.index(scene.objects[expr.target].shape) + 1, "file_name": file_name,
+                    "category_id": shapes.index(scene.objects[expr.target].shape) + 1, "file_name": file_name,
                     "sentences": [{"sent_id": ref_id, "sent": expr.text, "raw": expr.text,
                                    "tokens": expr.text.split()}],
                     "sent_ids": [ref_id], "kind": expr.kind,
@@ -77,7 +78,7 @@ def write_benchmark(root: str | Path, config: SyntheticConfig = SyntheticConfig(
         json.dump({"images": images, "annotations": annotations, "categories": categories}, fh)
     with open(root / REFS_FILE, "wb") as fh:
         pickle.dump(refs, fh, protocol=4)
-    config_dict = asdict(config)
+    config_dict = asdict(config)  # a DomainConfig's has its "domain"; the base config's is what it always was
     with open(root / "synthetic.json", "w", encoding="utf-8") as fh:
         json.dump(config_dict, fh, indent=2, sort_keys=True)
     return root
