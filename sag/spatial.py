@@ -204,38 +204,56 @@ class TextQueries:
 
     Args:
         model: a :class:`sag.model.SaG`.
-        image: ImageEntities of B images (entry i answers ``texts[i]``).
+        image: ImageEntities of B images (entry i answers ``texts[i]``; repeat an image's entry to ask it several
+            texts).
         texts: B texts.
         spatial: read spatial words (:func:`parse` / :func:`select`); ``False`` is the paper's inference.
 
     The heads and landmarks that spatial words call for are encoded with the texts, in one batch of texts through
     the text encoder; :meth:`segment` then runs the fusion and the mask drawing, which is all that depends on the
     scheme, the threshold and the refinement.
+
+    A head (or landmark) that is itself one of the texts asked about the same image ("the cup on the left" and
+    "the cup" in one task) is not segmented a second time: the spatial text's mask is picked from that text's own
+    segmentation. So the served mask of "the cup on the left" is, by construction and not by luck of rounding, one
+    connected region of the mask served for "the cup" (two passes through a batched text encoder may differ in the
+    last bits, and a pixel at the threshold would flip). Rows of ``image`` hold the same image when their entities
+    and slot attention are equal.
     """
 
     def __init__(self, model, image, texts: Sequence[str], spatial: bool = True):
+        texts = list(texts)
         self.model, self.count = model, len(texts)
         self.queries = [parse(t) for t in texts] if spatial else [None] * len(texts)
-        extra: list[tuple[int, str]] = []  # (pair index, text) for each head and landmark to segment
-        # per pair: where its head's and its landmark's segmentations will be in the list segment() draws
+        same_image = _same_image_rows(image)
+        # (image, words) -> index in the list segment() draws, for every text segmented so far
+        drawn = {(same_image[i], _words(t)): i for i, t in reversed(list(enumerate(texts)))}
+        extra: list[tuple[int, str]] = []  # (pair index, text) for each head and landmark not asked already
+
+        def draw(i: int, text: str) -> int:
+            key = (same_image[i], _words(text))
+            if key not in drawn:
+                drawn[key] = len(texts) + len(extra)
+                extra.append((i, text))
+            return drawn[key]
+
+        # per pair: where its head's and its landmark's segmentations are in the list segment() draws
         self.slots: list[tuple[int | None, int | None]] = []
         for i, query in enumerate(self.queries):
             head = land = None
             if query is not None:
-                head = i  # a size word alone leaves the text as its own head: its segmentation serves
-                if query.head != _words(texts[i]):
-                    head = len(texts) + len(extra)
-                    extra.append((i, query.head))
+                # a size word alone leaves the text as its own head: its own segmentation serves
+                head = i if query.head == _words(texts[i]) else draw(i, query.head)
                 if query.landmark is not None:
-                    land = len(texts) + len(extra)
-                    extra.append((i, query.landmark))
+                    land = draw(i, query.landmark)
             self.slots.append((head, land))
         self.rows = list(range(len(texts))) + [i for i, _ in extra]  # the image each segmented text asks about
+        self.same_image = same_image
         self.image = image
         if extra:
             index = torch.tensor(self.rows, device=image.entities.device)
             self.image = type(image)(image.entities[index], image.slot_attn[index], image.grid)  # an ImageEntities
-        self.text = model.encode_text(**model.tokenize(list(texts) + [t for _, t in extra]))
+        self.text = model.encode_text(**model.tokenize(texts + [t for _, t in extra]))
 
     def segment(self, sizes: Sequence[tuple[int, int]], guides: Sequence | None = None, **segment_kwargs) -> list:
         """B Segmentations at ``sizes``; ``guides`` and ``segment_kwargs`` (scheme, threshold, refine) as for
@@ -245,6 +263,12 @@ class TextQueries:
         (``soft`` is the head's map inside that region); ``fuse_attn``, ``score`` and ``unrefined`` stay those of the
         whole text, so pointing and confidence still describe the model's own reading.
         """
+        if len(sizes) != self.count:
+            raise ValueError(f"need one size per text, got {len(sizes)} for {self.count} texts")
+        for i, rep in enumerate(self.same_image):
+            if tuple(sizes[i]) != tuple(sizes[rep]):
+                raise ValueError(f"rows {rep} and {i} hold the same image entities but have different sizes "
+                                 f"{tuple(sizes[rep])} and {tuple(sizes[i])}")
         segs = self.model.segment(self.image, self.text, [sizes[r] for r in self.rows],
                                   guides=None if guides is None else [guides[r] for r in self.rows],
                                   **segment_kwargs)
@@ -259,6 +283,16 @@ class TextQueries:
                 own = out[i].unrefined if out[i].unrefined is not None else out[i].soft
                 out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own)
         return out
+
+
+def _same_image_rows(image) -> list[int]:
+    """For each row of an ImageEntities, the first row holding the same entities and slot attention (itself if
+    none does): texts asked about one image share its segmentations."""
+    # raw bytes on the host (any dtype, bf16 included), one copy per tensor, rather than a device comparison per pair
+    raw = np.concatenate([t.detach().flatten(1).cpu().contiguous().view(torch.uint8).numpy()
+                          for t in (image.entities, image.slot_attn)], axis=1)
+    first: dict[bytes, int] = {}
+    return [first.setdefault(raw[i].tobytes(), i) for i in range(len(image))]
 
 
 def segment_texts(model, image, texts: Sequence[str], sizes: Sequence[tuple[int, int]],
