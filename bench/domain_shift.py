@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import operator
 import os
@@ -207,6 +208,20 @@ def score(model: SaG, data: ReferringDataset, instances_file: Path, limit: int, 
     }
 
 
+def scores_before(model: SaG, eval_sets: dict, refine: str, spatial: bool, work: Path) -> dict[str, Any]:
+    """The serving model's scores on every evaluation set, kept in ``work`` for the next invocation with the same
+    checkpoint, data and inference (a settings sweep scores the same model before each of its runs)."""
+    key = json.dumps([model.version, refine, spatial,
+                      {name: [data.expressions[0].image, len(data), str(path), limit]
+                       for name, (data, path, limit) in eval_sets.items()}])
+    cache = work / f"before-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    before = {name: score(model, *spec, refine, spatial) for name, spec in eval_sets.items()}
+    cache.write_text(json.dumps(before), encoding="utf-8")
+    return before
+
+
 # ---- one fine-tune ---------------------------------------------------------------------------------------------------
 def run_one(base: Path, pairs: ReferringDataset, config: FinetuneConfig, eval_sets: dict, refine: str,
             spatial: bool, work: Path, freeze: Sequence[str], train_over: dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     print(f"base checkpoint {base}; fine-tune config {json.dumps(dataclasses.asdict(config))}", flush=True)
     base_model = SaG.from_pretrained(base)
-    before = {name: score(base_model, *spec, refine, spatial) for name, spec in eval_sets.items()}
+    before = scores_before(base_model, eval_sets, refine, spatial, work)
     print("before:", {k: round(v["mIoU"], 4) for k, v in before.items()}, flush=True)
     result: dict[str, Any] = {
         "benchmark": "domain shift (issue 19): fine-tune the cpu-synthetic checkpoint on the shift domain's pairs",

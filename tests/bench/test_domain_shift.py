@@ -49,7 +49,9 @@ def test_fine_tunes_through_the_registry_and_scores_the_candidate(tmp_path):
         assert 0.0 <= scores["mIoU"] <= 1.0 and set(scores["kinds"]) <= {"attribute", "absolute", "relation"}
     assert set(result["before"]["base"]["words"]) <= set(DOMAINS["base"].colours) | set(DOMAINS["base"].shapes)
     assert result["summary"]["6"]["seeds"] == 1
-    assert not any(work.iterdir()), "each run's registry is removed"
+    assert not list(work.glob("registry-*")), "each run's registry is removed"
+    # a second invocation (a settings sweep) reuses the serving model's scores
+    assert [p.name.startswith("before-") for p in work.iterdir()] == [True]
 
 
 def test_the_experiment_patch_freezes_modules_and_is_undone(tmp_path):
