@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
+from training.finetune import FINETUNE_RECIPES
 from training.settings import read_int
 
 from .exceptions import SettingsError
@@ -215,6 +216,10 @@ class Settings:
     label_map: dict[str, str] = field(default_factory=dict)
     default_label: str | None = None  # the label when neither the map, a label's words nor its meaning match
     max_text_chars: int = 1000
+    # Each text is one region: a text-encoder pass, fusion, a refined full-size mask (12-16 ms per 512 x 512 mask on
+    # one CPU thread) and its RLE, so texts multiply a task's cost and answer size. 32 is about four times the
+    # expressions RefCOCO-style data has per image, and bounds a task at a fraction of SAG_PREDICT_TIMEOUT.
+    max_texts_per_task: int = 32
     polygon_tolerance: float = 1.5  # pixels, Douglas-Peucker tolerance for the optional polygons
 
     # Images.
@@ -225,16 +230,23 @@ class Settings:
     max_image_pixels: int = 60_000_000
     fetch_timeout: float = 20.0
 
-    # Fine-tuning from Label Studio ("Start Training"; see training/finetune.py).
+    # Fine-tuning from Label Studio ("Start Training"; see training/finetune.py). SAG_FINETUNE_RECIPE picks the
+    # starting values of the fields below (training.finetune.FINETUNE_RECIPES: "fast", the measured default, or
+    # "paper"); each SAG_FINETUNE_* variable that is set overrides its field.
+    finetune_recipe: str = "fast"
     finetune_steps: int | None = None  # None: SAG_FINETUNE_EPOCHS passes over the pairs, at most _MAX_STEPS
-    finetune_epochs: int = 20
-    finetune_max_steps: int = 200
-    finetune_batch_size: int = 16
-    finetune_lr: float = 1e-5
-    # Keep the image backbone fixed and cache its features (training/feature_cache.py): a CPU step 31-36 s instead
-    # of 49 s at the default model (bench/README.md); off by default, as a frozen backbone cannot adapt to a project.
-    finetune_freeze_image_backbone: bool = False
+    finetune_epochs: int = FINETUNE_RECIPES["fast"].epochs
+    finetune_max_steps: int = FINETUNE_RECIPES["fast"].max_steps
+    finetune_batch_size: int = FINETUNE_RECIPES["fast"].batch_size
+    finetune_lr: float = FINETUNE_RECIPES["fast"].lr
+    # Keep the image backbone fixed and cache its features (training/feature_cache.py), and with _IMAGE_SIDE the
+    # whole image side (entities cached per image; only the text side and the fusion train): bench/README.md.
+    finetune_freeze_image_backbone: bool = FINETUNE_RECIPES["fast"].freeze_image_backbone
+    finetune_freeze_image_side: bool = FINETUNE_RECIPES["fast"].freeze_image_side
+    finetune_heldout: float = FINETUNE_RECIPES["fast"].heldout_fraction  # pairs kept out for the retrieval check
     promote_tolerance: float = 0.0  # mIoU a candidate may lose on hand-corrected masks and still be promoted
+    promote_retrieval_tolerance: float = 0.0  # held-out retrieval accuracy it may lose when no masks exist
+    promote_unchecked: bool = False  # promote when nothing can check the candidate (no masks, too few pairs)
     training_timeout: int = 6 * 3600  # seconds one training job may run
     train_every_annotations: int = 0  # 0 = off; else train after this many new annotations in a project
     train_interval: int = 0  # seconds; 0 = off; else train on a new annotation once this long after the last run
@@ -244,6 +256,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Read the environment (``os.environ`` by default); keyword ``overrides`` (e.g. CLI flags) win."""
         env = os.environ if env is None else env
+        recipe_name = env.get("SAG_FINETUNE_RECIPE", "").strip() or cls.finetune_recipe
+        if recipe_name not in FINETUNE_RECIPES:
+            raise SettingsError(f"SAG_FINETUNE_RECIPE={recipe_name!r}: choose one of {sorted(FINETUNE_RECIPES)}")
+        recipe = FINETUNE_RECIPES[recipe_name]
         user, password = env.get("BASIC_AUTH_USER") or None, env.get("BASIC_AUTH_PASS") or None
         if bool(user) != bool(password):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
@@ -277,20 +293,27 @@ class Settings:
             label_map=_label_map(env, "SAG_LABEL_MAP"),
             default_label=env.get("SAG_DEFAULT_LABEL", "").strip() or None,
             max_text_chars=_int(env, "SAG_MAX_TEXT_CHARS", cls.max_text_chars, 1),
+            max_texts_per_task=_int(env, "SAG_MAX_TEXTS_PER_TASK", cls.max_texts_per_task, 1),
             polygon_tolerance=_float(env, "SAG_POLYGON_TOLERANCE", cls.polygon_tolerance),
             allowed_hosts=_list(env, "SAG_ALLOWED_HOSTS"),
             local_roots=_list(env, "SAG_LOCAL_ROOTS"),
             max_image_bytes=_int(env, "SAG_MAX_IMAGE_MB", cls.max_image_bytes // 2**20, 1) * 2**20,
             max_image_pixels=_int(env, "SAG_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             fetch_timeout=_float(env, "SAG_FETCH_TIMEOUT", cls.fetch_timeout),
+            finetune_recipe=recipe_name,
             finetune_steps=_int(env, "SAG_FINETUNE_STEPS", 0, 1) or None,
-            finetune_epochs=_int(env, "SAG_FINETUNE_EPOCHS", cls.finetune_epochs, 1),
-            finetune_max_steps=_int(env, "SAG_FINETUNE_MAX_STEPS", cls.finetune_max_steps, 1),
-            finetune_batch_size=_int(env, "SAG_FINETUNE_BATCH_SIZE", cls.finetune_batch_size, 2),
-            finetune_lr=_float(env, "SAG_FINETUNE_LR", cls.finetune_lr),
+            finetune_epochs=_int(env, "SAG_FINETUNE_EPOCHS", recipe.epochs, 1),
+            finetune_max_steps=_int(env, "SAG_FINETUNE_MAX_STEPS", recipe.max_steps, 1),
+            finetune_batch_size=_int(env, "SAG_FINETUNE_BATCH_SIZE", recipe.batch_size, 2),
+            finetune_lr=_float(env, "SAG_FINETUNE_LR", recipe.lr),
             finetune_freeze_image_backbone=_flag(env, "SAG_FINETUNE_FREEZE_IMAGE_BACKBONE",
-                                                 cls.finetune_freeze_image_backbone),
+                                                 recipe.freeze_image_backbone),
+            finetune_freeze_image_side=_flag(env, "SAG_FINETUNE_FREEZE_IMAGE_SIDE", recipe.freeze_image_side),
+            finetune_heldout=_float(env, "SAG_FINETUNE_HELDOUT", recipe.heldout_fraction, fraction=True),
             promote_tolerance=_float(env, "SAG_PROMOTE_TOLERANCE", cls.promote_tolerance, fraction=True),
+            promote_retrieval_tolerance=_float(env, "SAG_PROMOTE_RETRIEVAL_TOLERANCE",
+                                               cls.promote_retrieval_tolerance, fraction=True),
+            promote_unchecked=_flag(env, "SAG_PROMOTE_UNCHECKED", cls.promote_unchecked),
             training_timeout=_int(env, "SAG_TRAINING_TIMEOUT", cls.training_timeout, 60),
             train_every_annotations=_int(env, "SAG_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_annotations, 0),
             train_interval=_int(env, "SAG_TRAIN_INTERVAL", cls.train_interval, 0),
@@ -302,6 +325,9 @@ class Settings:
             raise SettingsError(f"unknown settings: {unknown}")
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         parse_allowed_hosts(settings.allowed_hosts)  # refuse a malformed entry at start-up, not at the first fetch
+        if settings.finetune_freeze_image_side and not settings.finetune_freeze_image_backbone:
+            raise SettingsError("SAG_FINETUNE_FREEZE_IMAGE_SIDE=true keeps the image backbone fixed as well: set "
+                                "SAG_FINETUNE_FREEZE_IMAGE_SIDE=false to train the image backbone")
         return settings
 
     @property

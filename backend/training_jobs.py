@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ from PIL import Image
 from rq import get_current_job
 
 from sag import resolve_device
-from training.finetune import FinetuneConfig, FinetuneError, finetune, project_data
+from training.finetune import FINETUNE_RECIPES, FinetuneConfig, FinetuneError, finetune, project_data
 
 from . import redact
 from .cache import LRUCache
@@ -75,11 +75,13 @@ def finetune_config(runtime: Runtime) -> FinetuneConfig:
     """The backend's SAG_FINETUNE_* and SAG_PROMOTE_TOLERANCE settings as :func:`training.finetune.finetune` takes
     them."""
     s = runtime.settings
-    return FinetuneConfig(steps=s.finetune_steps, epochs=s.finetune_epochs, max_steps=s.finetune_max_steps,
-                          batch_size=s.finetune_batch_size, lr=s.finetune_lr,
-                          tolerance=s.promote_tolerance, precision=s.precision,
-                          freeze_image_backbone=s.finetune_freeze_image_backbone, mask_refine=s.mask_refine,
-                          spatial_words=s.spatial_words)
+    return replace(FINETUNE_RECIPES[s.finetune_recipe], steps=s.finetune_steps, epochs=s.finetune_epochs,
+                   max_steps=s.finetune_max_steps, batch_size=s.finetune_batch_size, lr=s.finetune_lr,
+                   tolerance=s.promote_tolerance, retrieval_tolerance=s.promote_retrieval_tolerance,
+                   promote_unchecked=s.promote_unchecked, heldout_fraction=s.finetune_heldout,
+                   precision=s.precision, freeze_image_backbone=s.finetune_freeze_image_backbone,
+                   freeze_image_side=s.finetune_freeze_image_side, mask_refine=s.mask_refine,
+                   spatial_words=s.spatial_words)
 
 
 def train_project(runtime: Runtime, request: TrainRequest, report: Callable[[dict[str, Any]], None],

@@ -140,12 +140,21 @@ class SaG(nn.Module):
 
     # ---- training ---------------------------------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                features: torch.Tensor | None = None, grid: tuple[int, int] | None = None) -> TrainOutput:
+                features: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
+                entities: torch.Tensor | None = None) -> TrainOutput:
         """One batch of B matching image-text pairs (pair i = image i, text i) -> C^3 + reconstruction loss.
 
         Either ``pixels`` (B, 3, S, S), or precomputed backbone ``features`` (B, N, C) with their ``grid`` (h, w)
-        and ``pixels=None`` (a frozen, cached image backbone: see :meth:`encode_features`).
+        and ``pixels=None`` (a frozen, cached image backbone: see :meth:`encode_features`), or precomputed
+        ``entities`` (B, K, D) of a frozen image side: then the loss is C^3 alone, since the reconstruction loss
+        depends on nothing but the image side (its ``recon`` is reported as 0).
         """
+        if entities is not None:
+            if pixels is not None or features is not None:
+                raise ValueError("pass entities alone, without pixels or features")
+            text = self.encode_text(input_ids, attention_mask)
+            c3 = c3_loss(self.fuse(entities, text, all_pairs=True).z, text, self.config.c3_temperature)
+            return TrainOutput(loss=c3, c3=c3, recon=c3.new_zeros(()))
         if (pixels is None) == (features is None) or (features is not None and grid is None):
             raise ValueError("pass either pixels, or features with their grid")
         image = self.encode_image(pixels) if features is None else self.encode_features(features, grid)

@@ -6,9 +6,12 @@ HTTP or queues. What it does, in order:
 1. :func:`project_data` turns tasks into image-text pairs (task text fields and texts typed into ``<TextArea>``
    prompts) and, separately, a validation set of the masks annotators drew or corrected (brush annotations).
    Training only ever sees the pairs: masks are never decoded for it.
-2. :func:`finetune` loads the serving version, scores it on the validation masks, fine-tunes it with C^3 +
-   reconstruction (:class:`training.engine.Trainer`, resumable from its own atomic checkpoints), scores the candidate,
-   and asks :func:`promotion_decision` whether it may be served.
+2. :func:`finetune` keeps some images' pairs out of training (:func:`training.retrieval.hold_out`), loads the
+   serving version, scores it on the validation masks and on text-to-image retrieval among the held-out pairs,
+   fine-tunes it (:class:`training.engine.Trainer`, resumable from its own atomic checkpoints; by default the image
+   side stays fixed and only the text side and the fusion learn, on C^3), scores the candidate the same way, and
+   asks :func:`promotion_decision` whether it may be served: on the masks when annotators corrected some, else on
+   the held-out retrieval, never blindly.
 3. The candidate is stored as a new registry version (atomic rename; metadata records its parent, the number of
    pairs and both scores) whether or not it is promoted, and promoted by moving the current-version pointer.
 
@@ -33,6 +36,7 @@ from .datasets.base import ImageLoader, ReferringDataset
 from .datasets.label_studio import label_studio_expressions
 from .exceptions import FinetuneError
 from .registry import Registry
+from .retrieval import RetrievalScores, hold_out, retrieval_scores
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,17 @@ class FinetuneConfig:
     lr: float = 1e-5
     tolerance: float = 0.0  # promote when candidate mIoU >= serving mIoU - tolerance
     min_pairs: int = 2  # C^3 needs at least one negative in a batch
+    # Mask-free evidence (training/retrieval.py): this share of the pairs, whole images at a time, at least / at
+    # most this many pairs, is kept out of training to score text-to-image retrieval before and after. Without
+    # hand-corrected masks a candidate is promoted only when its retrieval accuracy there is at least the serving
+    # version's minus ``retrieval_tolerance``; a project too small to hold any out is not promoted.
+    heldout_fraction: float = 0.2
+    heldout_min_pairs: int = 4
+    heldout_max_pairs: int = 200
+    retrieval_tolerance: float = 0.0
+    # Promote even when nothing can check the candidate (no hand-corrected masks and too few pairs to hold some
+    # out). Off: such a candidate is stored and listed, and `sag-models promote VERSION` serves it by hand.
+    promote_unchecked: bool = False
     checkpoint_every: int = 50  # steps between resumable checkpoints of the run
     eval_batch_size: int = 8
     seed: int = 1
@@ -62,8 +77,12 @@ class FinetuneConfig:
     # the run's workdir), so after the first epoch a step costs only the heads and the text side. On a CPU that
     # removes the backbone's forward and backward; with the paper-size heads (K = 36 on a 24 x 24 grid) the
     # reconstruction decoder still dominates a step (bench/finetune_cpu_benchmark.py).
-    freeze_image_backbone: bool = False
+    freeze_image_backbone: bool = True
     feature_cache: bool = True  # used only with freeze_image_backbone
+    # Keep the whole image side fixed (backbone, entity discovery, reconstruction decoder; training.engine's
+    # TrainConfig.freeze_image_side): each image's entities are computed once, and a step trains the text side and
+    # the fusion on C^3, about 1.5 s on 2 CPU cores with the default model instead of 30-45 s.
+    freeze_image_side: bool = True
     # Mask refinement (sag.refine) the validation masks are scored with: the one the backend serves, so promotion
     # judges the masks annotators get. None: the checkpoint's own ``mask_refine``.
     mask_refine: str | None = None
@@ -82,6 +101,15 @@ class FinetuneConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.tolerance <= 1.0:
             raise ValueError(f"tolerance is in mIoU (0..1), got {self.tolerance}")
+        if not 0.0 <= self.retrieval_tolerance <= 1.0:
+            raise ValueError(f"retrieval_tolerance is an accuracy (0..1), got {self.retrieval_tolerance}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if not 1 <= self.heldout_min_pairs <= self.heldout_max_pairs:
+            raise ValueError(f"need 1 <= heldout_min_pairs <= heldout_max_pairs, got {self.heldout_min_pairs}, "
+                             f"{self.heldout_max_pairs}")
+        if self.freeze_image_side and not (self.freeze_image_backbone and self.feature_cache):
+            raise ValueError("freeze_image_side needs freeze_image_backbone and feature_cache")
 
 
     def steps_for(self, pairs: int) -> int:
@@ -91,6 +119,17 @@ class FinetuneConfig:
             return self.steps
         per_epoch = math.ceil(pairs / max(1, min(self.batch_size, pairs)))
         return max(1, min(self.max_steps, self.epochs * per_epoch))
+
+
+# SAG_FINETUNE_RECIPE name -> the FinetuneConfig a Start Training run starts from (SAG_FINETUNE_* override fields).
+FINETUNE_RECIPES: dict[str, FinetuneConfig] = {
+    # The measured default: the image side fixed and cached, the text side and the fusion trained on C^3
+    # (bench/README.md, "Start Training").
+    "fast": FinetuneConfig(),
+    # The paper's training as it is, on the project's pairs: every part trains (the backbones at lr x 0.1), C^3 +
+    # reconstruction. Hours on a CPU with the default model.
+    "paper": FinetuneConfig(lr=1e-5, freeze_image_backbone=False, freeze_image_side=False),
+}
 
 
 @dataclass(frozen=True)
@@ -163,13 +202,34 @@ def project_data(tasks: Sequence[dict[str, Any]], image_field: str, text_fields:
 
 
 def promotion_decision(candidate_miou: float | None, serving_miou: float | None, tolerance: float,
-                       validation_size: int) -> Decision:
-    """Promote unless validation masks exist and the candidate's mIoU is below the serving model's minus
-    ``tolerance``. Without validation masks the candidate is promoted, and the reason says it was not validated."""
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+                       validation_size: int, retrieval: tuple[RetrievalScores, RetrievalScores] | None = None,
+                       retrieval_tolerance: float = 0.0, promote_unchecked: bool = False) -> Decision:
+    """Whether a candidate may be served.
+
+    With hand-corrected masks (``validation_size`` > 0): unless its mIoU is below the serving model's minus
+    ``tolerance``. Without them, on the mask-free evidence ``retrieval`` = (candidate, serving) scores on held-out
+    pairs: unless its retrieval accuracy is below the serving model's minus ``retrieval_tolerance``. With neither,
+    it is not promoted (nothing shows it is not worse) unless ``promote_unchecked``.
+    """
+    if tolerance < 0 or retrieval_tolerance < 0:
+        raise ValueError(f"tolerances must be >= 0, got {tolerance} and {retrieval_tolerance}")
     if validation_size == 0:
-        return Decision(True, "no hand-corrected masks in the project: promoted without validation")
+        if retrieval is None:
+            if promote_unchecked:
+                return Decision(True, "no hand-corrected masks and too few pairs to hold some out: promoted "
+                                      "without a check (SAG_PROMOTE_UNCHECKED)")
+            return Decision(False, "no hand-corrected masks, and too few image-text pairs to keep some out of "
+                                   "training for a check: not promoted (correct a few masks, or add tasks; "
+                                   "`sag-models promote VERSION` serves it anyway)")
+        candidate, serving = retrieval
+        if math.isnan(candidate.loss):
+            return Decision(False, "the candidate's held-out loss is NaN (training diverged): not promoted")
+        summary = (f"no hand-corrected masks; text-to-image retrieval on {candidate.pairs} held-out pair(s) of "
+                   f"{candidate.images} image(s): candidate {candidate.accuracy:.4f}, serving "
+                   f"{serving.accuracy:.4f}, tolerance {retrieval_tolerance:.4f}")
+        if candidate.accuracy >= serving.accuracy - retrieval_tolerance:
+            return Decision(True, f"{summary}: not worse, promoted")
+        return Decision(False, f"{summary}: worse, not promoted")
     if candidate_miou is None or serving_miou is None:
         raise ValueError("with validation masks both the candidate's and the serving model's mIoU are needed")
     if math.isnan(candidate_miou):
@@ -243,30 +303,52 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
                             f"{config.min_pairs}: add tasks with a text field or type prompts in the TextArea"
                             f"{skipped}")
     workdir = Path(workdir)
-    log.info("fine-tune: %d pairs from %d images, %d validation mask(s), from version %s", pairs, data.images,
-             data.validation_size, parent)
+    train_pairs, heldout = hold_out(data.pairs, config.heldout_fraction, config.heldout_min_pairs,
+                                    config.heldout_max_pairs, seed=config.seed)
+    log.info("fine-tune: %d pairs from %d images (%d held out for the retrieval check), %d validation mask(s), "
+             "from version %s", pairs, data.images, len(heldout) if heldout else 0, data.validation_size, parent)
 
-    report({"stage": "loading", "parent": parent, "pairs": pairs, "validation_masks": data.validation_size})
+    report({"stage": "loading", "parent": parent, "pairs": pairs, "validation_masks": data.validation_size,
+            "heldout_pairs": len(heldout) if heldout else 0})
     model = SaG.from_pretrained(registry.get(parent).path, device=device)
-    serving_miou = None
-    if data.validation is not None:
+    serving_miou = serving_retrieval = None
+    if data.validation is not None or heldout is not None:
         report({"stage": "validating the serving version"})
+    if data.validation is not None:
         serving_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine,
                                         config.spatial_words)
         log.info("fine-tune: serving version %s scores mIoU %.4f on the validation masks", parent, serving_miou)
+    if heldout is not None:
+        serving_retrieval = retrieval_scores(model, heldout, config.eval_batch_size)
+        log.info("fine-tune: serving version %s: held-out retrieval %s", parent, serving_retrieval.to_dict())
 
     from .engine import Trainer, TrainConfig
 
     _prepare_workdir(workdir, _fingerprint(parent, data, config))
-    steps = config.steps_for(pairs)
+    steps = config.steps_for(len(train_pairs))
     every = max(1, min(config.checkpoint_every, steps // 4))
-    train_config = TrainConfig(max_steps=steps, batch_size=min(config.batch_size, pairs), lr=config.lr,
+    train_config = TrainConfig(max_steps=steps, batch_size=min(config.batch_size, len(train_pairs)), lr=config.lr,
                                eval_every=every, checkpoint_every=every,
                                keep_last=1, precision=config.precision, seed=config.seed, resume=True,
                                log_every=max(1, min(10, steps // 10)),
                                freeze_image_backbone=config.freeze_image_backbone,
+                               freeze_image_side=config.freeze_image_side,
                                # "disk": a killed and re-run job finds its images' features in its workdir
                                feature_cache="disk" if config.feature_cache else "off")
+    trainer = Trainer(model, train_pairs, train_config, workdir, metadata={"parent": parent},
+                      show_progress=config.show_progress)
+    phase = {"started": time.monotonic()}
+
+    def eta(done: int, total: int, since: float) -> int | None:
+        return round((time.monotonic() - since) / done * (total - done)) if done > 0 else None
+
+    def on_image(done: int, total: int) -> None:
+        report({"stage": "caching image features", "done": done, "total": total,
+                "eta_s": eta(done, total, phase["started"])})
+
+    report({"stage": "caching image features", "done": 0, "total": None, "eta_s": None})
+    trainer.warm_image_cache(on_image)
+
     last_loss: list[float] = []
     first: list[tuple[int, float]] = []  # (step, time) of the first step this run saw (a resumed run starts late)
 
@@ -277,19 +359,25 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
             first.append((step, now))
         done, since = step - first[0][0], now - first[0][1]
         # Estimated from the steps of this run after the first (which pays for loading and the cache).
-        eta = round(since / done * (total - step)) if done > 0 else None
-        report({"stage": "training", "step": step, "total": total, "loss": loss, "eta_s": eta})
+        eta_s = round(since / done * (total - step)) if done > 0 else None
+        report({"stage": "training", "step": step, "total": total, "loss": loss, "eta_s": eta_s})
 
     report({"stage": "training", "step": 0, "total": steps, "loss": None, "eta_s": None})
-    trained = Trainer(model, data.pairs, train_config, workdir, progress=on_step,
-                      metadata={"parent": parent}, show_progress=config.show_progress).fit()
+    trainer.progress = on_step
+    trained = trainer.fit()
 
-    candidate_miou = None
-    if data.validation is not None:
+    candidate_miou = candidate_retrieval = None
+    if data.validation is not None or heldout is not None:
         report({"stage": "validating the candidate"})
+    if data.validation is not None:
         candidate_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine,
                                         config.spatial_words)
-    decision = promotion_decision(candidate_miou, serving_miou, config.tolerance, data.validation_size)
+    if heldout is not None:
+        candidate_retrieval = retrieval_scores(model, heldout, config.eval_batch_size)
+        log.info("fine-tune: candidate: held-out retrieval %s", candidate_retrieval.to_dict())
+    retrieval = (candidate_retrieval, serving_retrieval) if heldout is not None else None
+    decision = promotion_decision(candidate_miou, serving_miou, config.tolerance, data.validation_size,
+                                  retrieval, config.retrieval_tolerance, config.promote_unchecked)
     serving_now = registry.current()
     if decision.promote and serving_now != parent:
         decision = Decision(False, f"the serving version changed from {parent} to {serving_now} while training; "
@@ -297,12 +385,15 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
 
     report({"stage": "saving"})
     metrics = {"val_mIoU": candidate_miou, "parent_val_mIoU": serving_miou,
-               "final_loss": last_loss[0] if last_loss else None}
+               "final_loss": last_loss[0] if last_loss else None,
+               "heldout_retrieval": candidate_retrieval.to_dict() if candidate_retrieval else None,
+               "parent_heldout_retrieval": serving_retrieval.to_dict() if serving_retrieval else None}
     version = registry.add(model, {
         **(metadata or {}),
         "parent": parent,
         "trained": True,
-        "trained_on": {"source": "label-studio", "pairs": pairs, "images": data.images,
+        "trained_on": {"source": "label-studio", "pairs": len(train_pairs), "images": data.images,
+                       "heldout_pairs": len(heldout) if heldout else 0,
                        "validation_masks": data.validation_size},
         "pairs": pairs,
         "metrics": metrics,
@@ -312,6 +403,7 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
     if decision.promote:
         registry.promote(version.id)
     log.info("fine-tune: stored %s (parent %s): %s", version.id, parent, decision.reason)
+    report({"stage": "promoted" if decision.promote else "not promoted", "reason": decision.reason})
     shutil.rmtree(workdir, ignore_errors=True)
     return FinetuneResult(version.id, parent, decision.promote, decision.reason, pairs, data.validation_size,
                           trained.steps, metrics)

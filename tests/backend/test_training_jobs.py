@@ -87,7 +87,9 @@ def start_trainer(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., subp
         environment = {**os.environ, "REDIS_URL": redis_url, "SAG_MODEL_DIR": str(model_dir), "SAG_DEVICE": "cpu",
                        "SAG_WORKER_HEARTBEAT": "1", "HF_HUB_OFFLINE": "1", "LABEL_STUDIO_URL": base,
                        "LABEL_STUDIO_API_KEY": KEY, "LOG_LEVEL": "INFO", "SAG_FINETUNE_STEPS": "4",
-                       "SAG_FINETUNE_BATCH_SIZE": "6", "SAG_FINETUNE_LR": "0.001", **env}
+                       "SAG_FINETUNE_BATCH_SIZE": "6", "SAG_FINETUNE_LR": "0.001",
+                       # six tasks are too few to hold images out for the retrieval check (test_finetune.py)
+                       "SAG_PROMOTE_UNCHECKED": "1", **env}
         log = open(tmp_path / f"trainer-{len(procs)}.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "backend.worker", "--queues", "training", "--name",
                                  f"trainer{len(procs)}-{os.getpid()}"], env=environment, stdout=log,
@@ -163,7 +165,7 @@ def test_start_training_serves_a_new_version_and_a_second_click_joins_the_runnin
 
     info = wait_job(client, first["job_id"])
     result = info["result"]
-    assert result["promoted"] and "without validation" in result["reason"]
+    assert result["promoted"] and "without a check" in result["reason"]
     assert (result["pairs"], result["steps"], info["step"], info["total"]) == (6, 4, 4, 4)
     assert isinstance(info["loss"], float)
     new = result["version"]
@@ -298,7 +300,7 @@ def test_embedded_mode_trains_in_the_backend_and_refreshes_untouched_prelabels(m
     predictions = [{"id": i, "task": i, "model_version": old, "result": []} for i in (0, 1, 2, 4, 5)]
     serve_project(served, tasks, predictions)
     client = app_client(None, model_dir, base, finetune_steps=3, finetune_batch_size=6, finetune_lr=1e-3,
-                        refresh_prelabels=True, allowed_hosts=("127.0.0.1",))
+                        promote_unchecked=True, refresh_prelabels=True, allowed_hosts=("127.0.0.1",))
 
     first, second = start_training(client), start_training(client)
     assert first["status"] == "queued" and second["status"] == "already_training"
@@ -330,13 +332,28 @@ def test_training_settings_name_the_variable_that_is_wrong():
             Settings.from_env({name: value})
 
 
-def test_fine_tuning_freezes_the_backbone_and_validates_the_served_masks_as_configured():
+def test_the_button_uses_the_fast_recipe_and_validates_the_served_masks_as_configured():
     from backend.runtime import Runtime
     from backend.training_jobs import finetune_config
+    from training.finetune import FINETUNE_RECIPES
 
     default = finetune_config(Runtime(Settings.from_env({})))
-    assert not default.freeze_image_backbone and default.mask_refine == Settings.mask_refine
-    assert default.spatial_words is Settings.spatial_words is True
-    chosen = finetune_config(Runtime(Settings.from_env({"SAG_FINETUNE_FREEZE_IMAGE_BACKBONE": "true",
-                                                         "SAG_MASK_REFINE": "none", "SAG_SPATIAL_WORDS": "off"})))
-    assert chosen.freeze_image_backbone and chosen.mask_refine == "none" and chosen.spatial_words is False
+    fast = FINETUNE_RECIPES["fast"]
+    assert default.freeze_image_side and default.freeze_image_backbone  # the fast, measured default
+    assert (default.lr, default.epochs, default.max_steps, default.batch_size, default.heldout_fraction) == (
+        fast.lr, fast.epochs, fast.max_steps, fast.batch_size, fast.heldout_fraction)
+    assert not default.promote_unchecked and default.retrieval_tolerance == 0.0
+    assert default.mask_refine == Settings.mask_refine and default.spatial_words is Settings.spatial_words is True
+    chosen = finetune_config(Runtime(Settings.from_env({"SAG_FINETUNE_FREEZE_IMAGE_SIDE": "false",
+                                                         "SAG_MASK_REFINE": "none", "SAG_SPATIAL_WORDS": "off",
+                                                         "SAG_FINETUNE_LR": "0.002"})))
+    assert chosen.freeze_image_backbone and not chosen.freeze_image_side and chosen.lr == 0.002
+    assert chosen.mask_refine == "none" and chosen.spatial_words is False
+    paper = finetune_config(Runtime(Settings.from_env({"SAG_FINETUNE_RECIPE": "paper"})))
+    assert not (paper.freeze_image_backbone or paper.freeze_image_side) and paper.lr == FINETUNE_RECIPES["paper"].lr
+    from backend.exceptions import SettingsError
+
+    with pytest.raises(SettingsError, match="SAG_FINETUNE_RECIPE"):
+        Settings.from_env({"SAG_FINETUNE_RECIPE": "fastest"})
+    with pytest.raises(SettingsError, match="SAG_FINETUNE_FREEZE_IMAGE_SIDE"):
+        Settings.from_env({"SAG_FINETUNE_FREEZE_IMAGE_BACKBONE": "false"})

@@ -139,6 +139,33 @@ def test_frozen_image_backbone_keeps_its_weights(pairs, tmp_path):
     assert not torch.equal(heads_before, model.fusion.to_q.weight)
 
 
+def test_a_frozen_image_side_trains_only_text_and_fusion_and_computes_each_images_entities_once(pairs, tmp_path):
+    model = _model()
+    image_side = {k: v.clone() for m in ("image_encoder", "entity", "decoder")
+                  for k, v in getattr(model, m).state_dict(prefix=m + ".").items()}
+    text_before, fusion_before = model.text_encoder.proj.weight.clone(), model.fusion.to_q.weight.clone()
+    data = pairs.subset(range(24))
+    trainer = Trainer(model, data, _config(max_steps=8, freeze_image_backbone=True, freeze_image_side=True),
+                      tmp_path, show_progress=False)
+    calls = []
+    encode = model.encode_features
+    model.encode_features = lambda features, grid: calls.append(len(features)) or encode(features, grid)
+    assert trainer.warm_image_cache() == len({e.image for e in data.expressions})
+    warmed = sum(calls)
+    result = trainer.fit()
+    assert warmed == len(trainer.entity_cache) and sum(calls) == warmed  # 8 steps, 2 epochs: no image again
+    state = {**model.image_encoder.state_dict(prefix="image_encoder."), **model.entity.state_dict(prefix="entity."),
+             **model.decoder.state_dict(prefix="decoder.")}
+    assert all(torch.equal(image_side[k], v) for k, v in state.items())
+    assert not torch.equal(text_before, model.text_encoder.proj.weight)
+    assert not torch.equal(fusion_before, model.fusion.to_q.weight)
+    assert all(r["recon"] == 0.0 for r in result.history if "recon" in r)  # C^3 alone
+    with pytest.raises(ValueError, match="freeze_image_backbone"):
+        TrainConfig(freeze_image_side=True)
+    with pytest.raises(ValueError, match="feature_cache"):
+        TrainConfig(freeze_image_side=True, freeze_image_backbone=True, feature_cache="off")
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cuda(pairs, tmp_path, precision):

@@ -4,6 +4,7 @@ candidate trained on shuffled texts when hand-corrected masks exist (file regist
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ from PIL import Image
 
 from sag import SaG, tiny_config
 from training.datasets.base import load_image
-from training.finetune import (FinetuneConfig, FinetuneError, finetune, project_data, promotion_decision)
+from training.finetune import (FINETUNE_RECIPES, FinetuneConfig, FinetuneError, finetune, project_data,
+                               promotion_decision)
+from training.retrieval import RetrievalScores, hold_out
+from training.engine import Trainer
 from training.registry import Registry, main
 
 
@@ -61,6 +65,7 @@ def registry(tmp_path) -> Registry:
 
 
 FAST = FinetuneConfig(steps=4, batch_size=6, lr=1e-3, checkpoint_every=2, show_progress=False)
+UNCHECKED = replace(FAST, promote_unchecked=True)  # these tiny projects are too small for the retrieval check
 
 
 def test_fine_tuning_steps_follow_the_pair_count_up_to_the_cap():
@@ -74,8 +79,18 @@ def test_fine_tuning_steps_follow_the_pair_count_up_to_the_cap():
 
 
 def test_promotion_decision():
-    assert promotion_decision(None, None, 0.0, 0).promote  # nothing to validate on
-    assert "without validation" in promotion_decision(None, None, 0.0, 0).reason
+    unchecked = promotion_decision(None, None, 0.0, 0)  # no masks, no held-out pairs: nothing shows it is not worse
+    assert not unchecked.promote and "too few" in unchecked.reason
+    assert promotion_decision(None, None, 0.0, 0, promote_unchecked=True).promote  # the owner's explicit choice
+    better, worse = RetrievalScores(0.6, 1.0, 20, 10), RetrievalScores(0.4, 1.5, 20, 10)
+    assert promotion_decision(None, None, 0.0, 0, (better, worse)).promote
+    assert "retrieval on 20 held-out pair(s) of 10 image(s)" in promotion_decision(None, None, 0.0, 0,
+                                                                                   (better, worse)).reason
+    assert not promotion_decision(None, None, 0.0, 0, (worse, better)).promote
+    assert promotion_decision(None, None, 0.0, 0, (worse, better), retrieval_tolerance=0.2).promote
+    assert not promotion_decision(None, None, 0.0, 0, (RetrievalScores(0.9, float("nan"), 20, 10), worse)).promote
+    # masks, when annotators corrected some, decide over the retrieval
+    assert not promotion_decision(0.40, 0.50, 0.0, 3, (better, worse)).promote
     assert promotion_decision(0.50, 0.50, 0.0, 3).promote  # not worse
     assert promotion_decision(0.49, 0.50, 0.02, 3).promote  # within tolerance
     refused = promotion_decision(0.40, 0.50, 0.02, 3)
@@ -110,14 +125,24 @@ def test_project_data_pairs_never_carry_masks(scenes):
     assert "image not found" in data.skipped[1]
 
 
+def test_a_project_too_small_to_check_is_stored_but_not_promoted(scenes, registry, tmp_path):
+    """Six pairs on six images, no masks: holding images out would leave fewer pairs to train on than to check
+    with, so nothing can show the candidate is not worse: stored, listed, not served."""
+    parent = registry.current()
+    tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
+    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), FAST, tmp_path / "run")
+    assert not result.promoted and "too few" in result.reason
+    assert registry.current() == parent and result.version in [v.id for v in registry.versions()]
+
+
 def test_finetune_without_masks_promotes_and_records_lineage(scenes, registry, tmp_path):
     parent = registry.current()
     serving_files = {p.name: p.read_bytes() for p in registry.get(parent).path.iterdir() if p.is_file()}
     tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
     steps = []
-    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), FAST, tmp_path / "run",
+    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), UNCHECKED, tmp_path / "run",
                       metadata={"label_studio_project": 3}, report=lambda info: steps.append(info))
-    assert result.promoted and "without validation" in result.reason
+    assert result.promoted and "without a check" in result.reason
     assert registry.current() == result.version != parent
     meta = registry.get(result.version).metadata
     assert meta["parent"] == parent and meta["pairs"] == 6 and meta["label_studio_project"] == 3
@@ -134,7 +159,7 @@ def test_finetune_without_masks_promotes_and_records_lineage(scenes, registry, t
 def test_sag_models_lists_lineage_and_rolls_back(scenes, registry, tmp_path, capsys):
     parent = registry.current()
     tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
-    new = finetune(registry, project_data(tasks, "image", ("text",), load_image), FAST, tmp_path / "run").version
+    new = finetune(registry, project_data(tasks, "image", ("text",), load_image), UNCHECKED, tmp_path / "run").version
     cli = ["--model-dir", str(registry.root), "--redis-url", ""]
     assert main([*cli, "list"]) == 0
     lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()}
@@ -176,3 +201,69 @@ def test_finetune_refuses_a_project_without_pairs(scenes, registry, tmp_path):
     with pytest.raises(FinetuneError, match="at least 2"):
         finetune(registry, data, FAST, tmp_path / "run")
     assert len(registry.versions()) == 1
+
+
+@pytest.fixture
+def colour_scenes(tmp_path):
+    """32 images of one coloured square on noise, 8 colours 4 times each, and the text naming the colour: a project
+    large enough to hold images out, whose held-out colours also occur in training."""
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 40),
+               "purple": (150, 50, 190), "orange": (245, 135, 25), "white": (250, 250, 250), "cyan": (0, 220, 220)}
+    tasks = []
+    for i in range(32):
+        name = list(colours)[i % len(colours)]
+        image = rng.integers(0, 80, (48, 48, 3)).astype(np.uint8)
+        y, x = rng.integers(4, 24, 2)
+        image[y:y + 20, x:x + 20] = colours[name]
+        path = tmp_path / f"colour{i}.png"
+        Image.fromarray(image).save(path)
+        tasks.append({"id": i, "data": {"image": str(path), "text": f"the {name} square"}})
+    return project_data(tasks, "image", ("text",), load_image)
+
+
+def test_held_out_pairs_are_whole_images_never_trained_on(colour_scenes):
+    train, held = hold_out(colour_scenes.pairs, fraction=0.2, minimum=4, maximum=200, seed=1)
+    assert len(train) + len(held) == len(colour_scenes.pairs) and len(held) >= round(0.2 * 32)
+    assert not {e.image for e in train.expressions} & {e.image for e in held.expressions}
+    again, held_again = hold_out(colour_scenes.pairs, fraction=0.2, minimum=4, maximum=200, seed=1)
+    assert held_again.texts == held.texts  # seeded: a resumed job holds out the same pairs
+    assert hold_out(colour_scenes.pairs.subset(range(6)), 0.2, 4, 200)[1] is None  # too small: nothing held out
+
+
+def test_without_masks_a_fine_tune_that_learns_is_promoted_and_a_broken_one_is_not(colour_scenes, registry,
+                                                                                    tmp_path):
+    """The mask-free check: text-to-image retrieval on held-out images. Learning the colour words raises it above
+    the random serving model's, and the candidate is promoted; then a run with a far too high learning rate
+    breaks the text side, its retrieval falls below the promoted version's, and it is stored but not served."""
+    seen: list[list[str]] = []
+
+    class Spy(Trainer):
+        def __init__(self, model, train_data, *args, **kwargs):
+            seen.append([e.image for e in train_data.expressions])
+            super().__init__(model, train_data, *args, **kwargs)
+
+    config = FinetuneConfig(steps=200, batch_size=8, lr=3e-3, checkpoint_every=100, show_progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("training.engine.Trainer", Spy)
+        good = finetune(registry, colour_scenes, config, tmp_path / "good")
+    meta = registry.get(good.version).metadata
+    held, parent_held = meta["metrics"]["heldout_retrieval"], meta["metrics"]["parent_heldout_retrieval"]
+    assert good.promoted and "retrieval" in good.reason and registry.current() == good.version
+    assert held["accuracy"] > parent_held["accuracy"] and held["loss"] < parent_held["loss"]
+    assert meta["trained_on"]["pairs"] + meta["trained_on"]["heldout_pairs"] == 32
+    _, heldout = hold_out(colour_scenes.pairs, config.heldout_fraction, config.heldout_min_pairs,
+                          config.heldout_max_pairs, seed=config.seed)
+    assert not set(seen[0]) & {e.image for e in heldout.expressions}  # the trainer never saw a held-out image
+
+    broken = finetune(registry, colour_scenes, replace(config, steps=20, lr=1.0), tmp_path / "broken")
+    assert not broken.promoted and registry.current() == good.version, broken.reason
+    assert "worse" in broken.reason or "NaN" in broken.reason
+
+
+def test_the_fast_recipe_is_the_default_and_the_paper_recipe_one_name_away():
+    fast, paper = FINETUNE_RECIPES["fast"], FINETUNE_RECIPES["paper"]
+    assert fast == FinetuneConfig() and fast.freeze_image_side and fast.freeze_image_backbone
+    assert not (paper.freeze_image_side or paper.freeze_image_backbone)
+    with pytest.raises(ValueError, match="freeze_image_side"):
+        FinetuneConfig(freeze_image_backbone=False, freeze_image_side=True)

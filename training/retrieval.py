@@ -1,0 +1,104 @@
+"""Mask-free validation: text-to-image retrieval on image-text pairs kept out of training.
+
+A project without hand-corrected masks still has evidence of whether a fine-tune helped: C^3 trains the model to
+pick, for each text, its own image among the others of a batch. So some of the project's images, with all their
+texts, are kept out of training (:func:`hold_out`), and the serving version and the candidate are both asked, for
+each held-out text, which of the held-out images it is about (:func:`retrieval_scores`). A candidate that learnt
+the project's words picks its own image more often; one that broke (a learning rate far too high, texts paired with
+the wrong images) picks it less often, and is not promoted (training/finetune.py).
+
+Why whole images are held out: a held-out text whose image was trained on (with another of its texts) could be
+retrieved by remembering the image alone.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from sag import SaG
+
+from .datasets.base import ReferringDataset
+
+
+@dataclass(frozen=True)
+class RetrievalScores:
+    """How well a model matches held-out texts to held-out images.
+
+    ``accuracy``: the share of texts whose own image scores highest among all held-out images (chance is about
+    1 / ``images``); where one text is paired with several images ("the red car" of two photos), any of them is
+    its own. ``loss``: the mean cross-entropy of those scores against the own image(s), C^3 measured on data it was
+    not trained on (lower is better).
+    """
+
+    accuracy: float
+    loss: float
+    pairs: int
+    images: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"accuracy": round(self.accuracy, 4), "loss": round(self.loss, 4), "pairs": self.pairs,
+                "images": self.images}
+
+
+def hold_out(pairs: ReferringDataset, fraction: float, minimum: int, maximum: int,
+             seed: int = 0) -> tuple[ReferringDataset, ReferringDataset | None]:
+    """Split ``pairs`` by image into (training pairs, held-out pairs).
+
+    Whole images (with all their texts) are drawn, seeded, until at least ``fraction`` of the pairs (at least
+    ``minimum``, at most about ``maximum``) are held out. Returns ``(pairs, None)`` when that would leave fewer pairs
+    for training than are held out, or fewer than two held-out images (retrieval needs a choice).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    by_image: dict[str, list[int]] = {}
+    for i, expr in enumerate(pairs.expressions):
+        by_image.setdefault(expr.image, []).append(i)
+    images = sorted(by_image)
+    random.Random(seed).shuffle(images)
+    want = min(maximum, max(minimum, round(fraction * len(pairs))))
+    held: list[int] = []
+    chosen = 0
+    for image in images:
+        if len(held) >= want:
+            break
+        held += by_image[image]
+        chosen += 1
+    if chosen < 2 or len(pairs) - len(held) < len(held):
+        return pairs, None
+    keep = sorted(set(range(len(pairs))) - set(held))
+    return pairs.subset(keep), pairs.subset(sorted(held))
+
+
+@torch.no_grad()
+def retrieval_scores(model: SaG, heldout: ReferringDataset, batch_size: int = 64) -> RetrievalScores:
+    """Text-to-image retrieval of ``model`` (put in eval mode) among the held-out images, as C^3 scores a pair:
+    <z_ij, x^T_j> for text j fused with image i (sag/losses.py), every text against every held-out image."""
+    model.eval()
+    images = sorted({expr.image for expr in heldout.expressions})
+    index = {image: i for i, image in enumerate(images)}
+    entities = []
+    for start in range(0, len(images), batch_size):
+        chunk = [heldout.image_loader(path) for path in images[start:start + batch_size]]
+        entities.append(model.encode_image(model.preprocess(chunk)).entities)
+    entities = torch.cat(entities)
+    owners: dict[str, set[int]] = {}  # text -> the held-out images it is paired with
+    for expr in heldout.expressions:
+        owners.setdefault(expr.text, set()).add(index[expr.image])
+    correct, losses = 0, []
+    exprs = heldout.expressions
+    for start in range(0, len(exprs), batch_size):
+        batch = exprs[start:start + batch_size]
+        text = model.encode_text(**model.tokenize([e.text for e in batch]))
+        z = model.fuse(entities, text, all_pairs=True).z  # (T, I, D)
+        logits = torch.einsum("tid,td->ti", z.float(), text.float()) / model.config.c3_temperature
+        own = torch.zeros_like(logits, dtype=torch.bool)  # (T, I)
+        for t, expr in enumerate(batch):
+            own[t, sorted(owners[expr.text])] = True
+        correct += int(own.gather(1, logits.argmax(dim=1, keepdim=True)).sum())
+        # -log of the probability mass on the text's own image(s)
+        losses.append((logits.logsumexp(dim=1) - logits.masked_fill(~own, float("-inf")).logsumexp(dim=1)).sum())
+    return RetrievalScores(accuracy=correct / len(exprs), loss=float(torch.stack(losses).sum()) / len(exprs),
+                           pairs=len(exprs), images=len(images))
