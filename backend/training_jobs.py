@@ -25,7 +25,7 @@ from PIL import Image
 from rq import get_current_job
 
 from sag import resolve_device
-from training.finetune import FINETUNE_RECIPES, FinetuneConfig, FinetuneError, finetune, project_data
+from training.finetune import FINETUNE_RECIPES, FinetuneConfig, FinetuneError, eta_seconds, finetune, project_data
 
 from . import redact
 from .cache import LRUCache
@@ -93,13 +93,18 @@ def train_project(runtime: Runtime, request: TrainRequest, report: Callable[[dic
         raise TrainingError("LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) must be set where training runs: the job "
                             "pulls the project's tasks through Label Studio's API")
     pid = request.project_id
+    report = _logged(report, pid)
     report({"stage": "pulling tasks from Label Studio"})
     project = ls.project(pid)
     config = parse_labeling_config(project["label_config"])
     tasks = ls.export_tasks(pid)
     text_fields = tuple(dict.fromkeys([runtime.settings.text_field, *([config.prompt_name] if config.prompt_name
                                                                      else [])]))
-    data = project_data(tasks, config.image_key, text_fields, _image_loader(runtime))
+    started = time.monotonic()
+    data = project_data(tasks, config.image_key, text_fields, _image_loader(runtime),
+                        progress=lambda done, total: report({"stage": "fetching images", "done": done,
+                                                             "total": total,
+                                                             "eta_s": eta_seconds(done, total, started)}))
     log.info("training project %s (%s): %d tasks, %d pairs, %d validation masks, %d skipped", pid, request.reason,
              len(tasks), len(data.pairs), data.validation_size, len(data.skipped))
     workdir = Path(runtime.registry.root) / ".training" / f"project-{pid}"
@@ -116,6 +121,35 @@ def train_project(runtime: Runtime, request: TrainRequest, report: Callable[[dic
     return outcome
 
 
+def _logged(report: Callable[[dict[str, Any]], None], project_id: int) -> Callable[[dict[str, Any]], None]:
+    """``report``, and a log line per phase (pulling tasks, fetching images, caching image features, training,
+    validating, promoted or not and why), plus about every tenth image or step of the long phases with its ETA:
+    what `docker compose logs trainer` shows while the model card in Label Studio shows only the backend's state."""
+    last: dict[str, Any] = {"stage": None}
+
+    def forward(info: dict[str, Any]) -> None:
+        report(info)
+        stage = info.get("stage")
+        done, total = info.get("step", info.get("done")), info.get("total")
+        tenth = isinstance(done, int) and isinstance(total, int) and (done % max(1, total // 10) == 0
+                                                                     or done == total)
+        if stage == last["stage"] and not tenth:
+            return
+        last["stage"] = stage
+        parts = [f"training project {project_id}: {stage}"]
+        if isinstance(total, int):
+            parts.append(f"{done}/{total}")
+        if info.get("loss") is not None:
+            parts.append(f"loss {info['loss']:.4f}")
+        if info.get("eta_s") is not None:
+            parts.append(f"ETA {info['eta_s']} s")
+        if info.get("reason"):
+            parts.append(info["reason"])
+        log.info(" ".join(parts))
+
+    return forward
+
+
 def run_training_job(request: TrainRequest) -> dict[str, Any]:
     """The RQ job function (``sag:training``): progress goes into the job's meta. It finds this worker's runtime
     with :func:`~backend.runtime.get_runtime` and predicts stale pre-labels through the inference queue."""
@@ -126,11 +160,6 @@ def run_training_job(request: TrainRequest) -> dict[str, Any]:
         if job is None:
             return
         job.meta.update(redact.scrub_data(info))
-        if "step" in info:
-            step, total = info["step"], info["total"]
-            if step % max(1, total // 10) == 0 or step == total:
-                log.info("training project %s: step %d/%d loss %s", request.project_id, step, total,
-                         f"{info['loss']:.4f}" if info.get("loss") is not None else "-")
         now = time.monotonic()
         if "step" not in info or info["step"] == info["total"] or now - last_save[0] >= META_EVERY_S:
             job.save_meta()

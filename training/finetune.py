@@ -146,6 +146,12 @@ class ProjectData:
         return len(self.validation) if self.validation is not None else 0
 
 
+def eta_seconds(done: int, total: int, since: float) -> int | None:
+    """Seconds left for ``total - done`` more items at the pace since ``since`` (time.monotonic()); None before
+    the first item is done."""
+    return round((time.monotonic() - since) / done * (total - done)) if done > 0 else None
+
+
 @dataclass(frozen=True)
 class Decision:
     """Whether a candidate may be served, and why (shown in the job status and stored in its metadata)."""
@@ -170,16 +176,19 @@ class FinetuneResult:
 
 
 def project_data(tasks: Sequence[dict[str, Any]], image_field: str, text_fields: Sequence[str],
-                 image_loader: ImageLoader) -> ProjectData:
+                 image_loader: ImageLoader, progress: Callable[[int, int], None] | None = None) -> ProjectData:
     """Image-text pairs and validation masks from Label Studio tasks (as exported, with their annotations).
 
     Texts come from the task data fields and TextArea results named in ``text_fields``. A task that cannot be used
     (no image, an image that cannot be read, a malformed brush result) is skipped and named in ``skipped`` rather
     than failing the whole project. Predictions are never read: only annotations (what people submitted) give
-    validation masks. Every image is read once here, so a broken one cannot stop training half-way.
+    validation masks. Every image is read once here, so a broken one cannot stop training half-way;
+    ``progress(done, total)`` is called after each task.
     """
     expressions, skipped = [], []
-    for task in tasks:
+    for done, task in enumerate(tasks, 1):
+        if progress is not None and done > 1:
+            progress(done - 1, len(tasks))
         task_id = task.get("id") if isinstance(task, dict) else "?"
         try:
             found = label_studio_expressions([task], image_field, text_fields)
@@ -189,6 +198,8 @@ def project_data(tasks: Sequence[dict[str, Any]], image_field: str, text_fields:
             skipped.append(f"task {task_id}: {exc}")
             continue
         expressions += found
+    if progress is not None and tasks:
+        progress(len(tasks), len(tasks))
     for reason in skipped:
         log.warning("fine-tune: skipping %s", reason)
     unique = {}
@@ -337,14 +348,11 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
                                feature_cache="disk" if config.feature_cache else "off")
     trainer = Trainer(model, train_pairs, train_config, workdir, metadata={"parent": parent},
                       show_progress=config.show_progress)
-    phase = {"started": time.monotonic()}
-
-    def eta(done: int, total: int, since: float) -> int | None:
-        return round((time.monotonic() - since) / done * (total - done)) if done > 0 else None
+    started = time.monotonic()
 
     def on_image(done: int, total: int) -> None:
         report({"stage": "caching image features", "done": done, "total": total,
-                "eta_s": eta(done, total, phase["started"])})
+                "eta_s": eta_seconds(done, total, started)})
 
     report({"stage": "caching image features", "done": 0, "total": None, "eta_s": None})
     trainer.warm_image_cache(on_image)

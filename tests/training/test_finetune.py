@@ -115,7 +115,10 @@ def test_project_data_pairs_never_carry_masks(scenes):
         {"id": 5, "data": {"text": "no image here"}},
         {"id": 6, "data": {"image": img0 + ".missing.png", "text": "an image that is gone"}},
     ]
-    data = project_data(tasks, "image", ("text", "prompt"), load_image)
+    fetched = []
+    data = project_data(tasks, "image", ("text", "prompt"), load_image,
+                        progress=lambda done, total: fetched.append((done, total)))
+    assert fetched == [(i, 6) for i in range(1, 7)]  # one report per task, the last when all are read
     assert sorted(data.pairs.texts) == sorted([text0, text1, "the square", "a typed prompt"])
     assert data.pairs.with_masks is False
     assert all(e.mask is None for e in data.pairs.expressions)
@@ -147,6 +150,11 @@ def test_finetune_without_masks_promotes_and_records_lineage(scenes, registry, t
     meta = registry.get(result.version).metadata
     assert meta["parent"] == parent and meta["pairs"] == 6 and meta["label_studio_project"] == 3
     assert meta["trained_on"]["validation_masks"] == 0 and meta["promotion"]["promoted"] is True
+    stages = list(dict.fromkeys(s["stage"] for s in steps))
+    assert stages == ["loading", "caching image features", "training", "saving", "promoted"]
+    caching = [s for s in steps if s["stage"] == "caching image features"]
+    assert caching[-1]["done"] == caching[-1]["total"] == 6 and caching[-1]["eta_s"] == 0
+    assert steps[-1]["reason"] == result.reason
     assert [s["step"] for s in steps if s.get("stage") == "training"] == [0, 1, 2, 3, 4]
     assert all(s["total"] == 4 for s in steps if s.get("stage") == "training")
     etas = [s["eta_s"] for s in steps if s.get("stage") == "training"]
