@@ -14,14 +14,14 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from redis.exceptions import RedisError
-from waitress import serve
-from werkzeug.exceptions import HTTPException
+from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import redact
 from .dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
-from .exceptions import BadRequest, LabelConfigError, SettingsError, TrainingUnavailable
-from .http_input import (MAX_BODY_BYTES, MAX_JSON_DEPTH, json_too_deep, optional_string, parse_json_object,
-                         prompt_context)
+from .exceptions import BadRequest, LabelConfigError, SettingsError, TrainingUnavailable, UnsupportedMediaType
+from .http_input import (MAX_BODY_BYTES, MAX_JSON_DEPTH, DrainingChannel, body_too_large, json_too_deep,
+                         optional_string, parse_json_object, prompt_context, require_json, with_reason)
 from .jobs import worker_stats
 from .logs import configure_logging
 from .model import TRAIN_EVENTS, SaGModel, project_id_of
@@ -59,8 +59,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
 
     def body() -> dict[str, Any]:
         """The request's JSON object (size and depth were checked by check_body before anything parsed it)."""
-        if not request.is_json:
-            raise BadRequest("the request body must be a JSON object sent as Content-Type: application/json")
+        require_json(request.is_json, request.mimetype, f"{request.method} {request.path}")
         return parse_json_object(request.get_data(cache=True))
 
     @app.before_request
@@ -163,6 +162,19 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
     def bad_request(exc: "BadRequest") -> tuple[Response, int]:
         return jsonify(error=str(exc)), 400
 
+    @app.errorhandler(UnsupportedMediaType)
+    def not_json(exc: UnsupportedMediaType) -> tuple[Response, int]:
+        return jsonify(error=str(exc)), 415
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> Response:
+        # Under waitress a longer body never reaches the app (DrainingRequestParser answers it, with this same
+        # message); this one answers other WSGI servers and the test client.
+        message = body_too_large(request.content_length)
+        response = jsonify(error=message)
+        response.status = with_reason(413, message)
+        return response
+
     @app.errorhandler(TrainingUnavailable)
     def training_unavailable(exc: TrainingUnavailable) -> Response:
         # Start Training (/webhook) and POST /training/<project>. Label Studio keeps only the status line of a
@@ -192,11 +204,20 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
     return app
 
 
-def with_reason(code: int, message: str) -> str:
-    """An HTTP status line's ``"<code> <reason>"`` with ``message`` as the reason phrase: one line of printable
-    ASCII (what a reason phrase may hold), at most 300 characters."""
-    reason = " ".join(message.split()).encode("ascii", "replace").decode("ascii")
-    return f"{code} {reason[:300]}"
+def make_server(app: Flask, settings: Settings) -> BaseWSGIServer | MultiSocketServer:
+    """The waitress server ``sag-backend`` runs (``.run()`` serves until closed) on ``settings.host`` and
+    ``settings.port`` (0: a free port, see ``.effective_port``), with ``settings.threads`` threads.
+
+    waitress reads a whole body before the app sees it: its limit is the app's (a body of more than MAX_BODY_BYTES
+    is refused; its default is 1 GiB), and its connections drop an over-limit body before answering 413
+    (:class:`~backend.http_input.DrainingRequestParser`), so that the client reads the answer."""
+    listeners: dict = {}
+    server = create_server(app, map=listeners, host=settings.host, port=settings.port, threads=settings.threads,
+                           ident="sag-backend", max_request_body_size=MAX_BODY_BYTES + 1)  # refused from limit + 1
+    for listener in listeners.values():  # one per listening socket (the map also holds waitress's trigger)
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = DrainingChannel
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("redis mode: jobs go to %s; %d worker(s) listening", settings.redis_url.split("@")[-1],
                  runtime.redis and RQDispatcher(runtime.redis, settings).workers())
     log.info("sag-backend serving version %s on http://%s:%d", version, settings.host, settings.port)
-    # waitress reads a whole body before the app sees it: bound it there too (its default is 1 GiB).
-    serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="sag-backend",
-          max_request_body_size=MAX_BODY_BYTES)
+    make_server(app, settings).run()
     return 0
 
 

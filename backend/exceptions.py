@@ -15,6 +15,13 @@ class BadRequest(ValueError):
     """A malformed request; answered with 400 and this message."""
 
 
+class UnsupportedMediaType(BadRequest):
+    """A request body not sent as JSON to a route that takes only JSON; answered with 415 and this message. Refusing
+    every other type is what keeps an HTML form on another site from calling the route: a form can send only
+    urlencoded, multipart and text/plain bodies, and a page's script can send JSON across sites only after a CORS
+    preflight, which this server never approves."""
+
+
 class SettingsError(_TrainingSettingsError):
     """A setting has a value the backend cannot use; the message names the variable. The same kind of error as
     training's (``except training.settings.SettingsError`` catches both), raised for the backend's variables."""
@@ -36,6 +43,10 @@ class ImageError(Exception):
 class BlockedAddressError(ConnectionError):
     """A connection to a non-public destination was refused by the policy, or could not be made (callers cannot
     tell which, on purpose)."""
+
+
+class NameLookupTimeout(TimeoutError):
+    """Looking up a host name did not finish before the download's deadline (``SAG_FETCH_TIMEOUT``)."""
 
 
 class LabelStudioError(RuntimeError):

@@ -1,22 +1,36 @@
-"""Request bodies checked at the HTTP boundary: a size limit and a nesting-depth limit checked before the JSON is
-parsed, and type checks of the request-level fields, each failure a :class:`BadRequest` (400) naming the field.
+"""Request bodies checked at the HTTP boundary: a size limit (enforced while waitress reads the body, see
+:class:`DrainingRequestParser`), the JSON content type, a nesting-depth limit checked before the JSON is parsed, and
+type checks of the request-level fields, each failure a :class:`BadRequest` (400) naming the field.
 
-Per-task fields (a task that is not an object, ``data`` that is not an object, a text of the wrong type) are not
-checked here: they fail that task alone, with ``{"task": id, "error": ...}`` (see :mod:`backend.model`).
+Per-task fields (a task that is not an object, ``data`` that is not an object, a text of the wrong type, too many
+or too long texts) are not checked here: they fail that task alone, with ``{"task": id, "error": ...}`` (see
+:mod:`backend.predictions`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.utilities import RequestEntityTooLarge
 
-from .exceptions import BadRequest
+from .exceptions import BadRequest, UnsupportedMediaType
+
+log = logging.getLogger(__name__)
 
 # The largest request body read (a bigger one is answered 413). A /predict of hundreds of tasks with their
 # annotations' brush RLEs stays well below it.
 MAX_BODY_BYTES = 64 * 2**20
+# A body over MAX_BODY_BYTES is still read off the socket and dropped, up to this many bytes, so that a client that
+# sends its whole body before reading the answer (requests, hence Label Studio) reads the 413 instead of a
+# connection reset. Dropping costs only bandwidth (no memory, disk or worker thread: waitress reads in its event
+# loop); four times the limit covers a request sent a few times too big by mistake, and a longer one is answered at
+# once and the connection closed.
+MAX_DRAIN_BYTES = 4 * MAX_BODY_BYTES
 # The deepest nesting of JSON arrays and objects accepted. A Label Studio request nests about ten levels (tasks ->
 # task -> annotations -> result -> region -> value -> rle), plus whatever nesting a project keeps in task data;
 # Python's parser would hit its recursion limit near 1,000.
@@ -53,6 +67,79 @@ def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
         depth += int(running[-1])
         quotes += count
     return False
+
+
+def body_too_large(length: int | None) -> str:
+    """The 413 message: the body's declared ``length`` (None: unknown, as with a chunked body) and the limit."""
+    size = f"{length / 2**20:.1f} MiB ({length} bytes)" if length else "larger than that"
+    return (f"the request body is {size}; the limit is {MAX_BODY_BYTES // 2**20} MiB ({MAX_BODY_BYTES} bytes): "
+            "send fewer tasks per request")
+
+
+def with_reason(code: int, message: str) -> str:
+    """An HTTP status line's ``"<code> <reason>"`` with ``message`` as the reason phrase: one line of printable
+    ASCII (what a reason phrase may hold), at most 300 characters. A client that keeps only the status line
+    (requests' ``raise_for_status``, which Label Studio logs) still reads why."""
+    reason = " ".join(message.split()).encode("ascii", "replace").decode("ascii")
+    return f"{code} {reason[:300]}"
+
+
+def require_json(is_json: bool, mimetype: str, route: str) -> None:
+    """Refuse (:class:`UnsupportedMediaType`, 415) a body not sent as ``application/json`` (or ``+json``) to a route
+    that takes JSON: the only types an HTML form on another site can send are refused this way."""
+    if not is_json:
+        got = mimetype[:100] if mimetype else "no Content-Type"
+        raise UnsupportedMediaType(f"{route} takes a JSON object sent as Content-Type: application/json, got {got} "
+                                   "(other types are refused so that a form on another site cannot call it)")
+
+
+class _BodyTooLarge(RequestEntityTooLarge):
+    """waitress's 413, answered like the app's own errors: ``{"error": message}``, the message also the reason."""
+
+    def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
+        return (with_reason(413, self.body), [("Content-Type", "application/json")],
+                json.dumps({"error": self.body}).encode())
+
+
+class DrainingRequestParser(HTTPRequestParser):
+    """waitress's request parser, except that a body over MAX_BODY_BYTES is read and dropped before the 413 goes
+    out (in the pieces the socket delivers, never kept), when its declared length is at most MAX_DRAIN_BYTES.
+
+    waitress itself answers 413 as soon as it reads the Content-Length, then closes the connection while the client
+    is still sending: the unread bytes make the kernel reset the connection, and a client that sends its whole body
+    before reading (requests, so Label Studio) reports "connection reset by peer", never the 413 and its reason.
+    A chunked body over the limit, or one declared longer than MAX_DRAIN_BYTES, still gets the 413 at once."""
+
+    draining = 0  # bytes of a refused body still to read and drop
+    dropped = 0  # bytes of it read and dropped so far
+
+    def received(self, data: bytes) -> int:
+        """Consume the front of ``data`` (waitress's contract); returns how many bytes were consumed."""
+        if self.draining:
+            taken = min(len(data), self.draining)
+            self.draining -= taken
+            self.dropped += taken
+            if not self.draining:
+                self.completed = True  # now the 413 goes out
+                log.warning("refused a %d-byte body of %s %s (limit %d bytes); read and dropped it", self.dropped,
+                            self.command, self.path, MAX_BODY_BYTES)
+            return taken
+        consumed = super().received(data)
+        if isinstance(self.error, RequestEntityTooLarge) and not isinstance(self.error, _BodyTooLarge):
+            declared = None if self.chunked else self.content_length
+            self.error = _BodyTooLarge(body_too_large(declared))
+            if declared and self.headers_finished and declared <= MAX_DRAIN_BYTES:
+                self.completed, self.draining = False, declared
+            else:
+                log.warning("refused a body of %s %s over %d bytes (declared: %s); closing the connection",
+                            self.command, self.path, MAX_BODY_BYTES, declared or "chunked")
+        return consumed
+
+
+class DrainingChannel(HTTPChannel):
+    """A waitress connection whose requests are parsed by :class:`DrainingRequestParser`."""
+
+    parser_class = DrainingRequestParser
 
 
 def parse_json_object(raw: bytes, what: str = "the request body") -> dict[str, Any]:

@@ -6,7 +6,8 @@ Studio's own origin (its scheme, an address its host resolves to, its port) or m
 (:func:`backend.settings.parse_allowed_host`). The check runs before connecting, on the addresses the connection is
 then made to, so no connection is ever opened to a forbidden destination, and again on the connected peer. Callers
 get one message for "forbidden" and for "could not connect" to a non-public address, so errors cannot map open
-ports. A download has one wall-clock deadline, redirects, headers and body included; decoding is bounded in pixels.
+ports. A download has one wall-clock deadline, name lookups, redirects, headers and body included; decoding is
+bounded in pixels.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 from urllib3.util import connection as urllib3_connection
 
-from .exceptions import BlockedAddressError, ImageError, LabelStudioError
+from .exceptions import BlockedAddressError, ImageError, LabelStudioError, NameLookupTimeout
 from .ls_client import LabelStudioClient
 from .settings import AllowedDestination, Settings, parse_allowed_hosts
 
@@ -88,9 +89,65 @@ def refusal_message(host: str, port: int) -> str:
             "Label Studio's own origin and SAG_ALLOWED_HOSTS, and only when they accept the connection")
 
 
+# Name lookups of downloads waiting for the resolver at once, at most; see lookup.
+LOOKUP_THREADS = 16
+_LOOKUP_SLOTS = threading.BoundedSemaphore(LOOKUP_THREADS)
+
+
+def getaddrinfo(host: str, port: int | None) -> list:
+    """The system resolver's TCP addresses of ``host`` (``socket.getaddrinfo``'s tuples); every lookup of this
+    module goes through it."""
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+def lookup(host: str, port: int | None) -> list:
+    """:func:`getaddrinfo`, given up when the current download's deadline passes (:class:`NameLookupTimeout`).
+
+    The resolver is a blocking C call that neither a timer nor a socket shutdown can interrupt, and one that gets no
+    answer keeps trying for its own timeouts (5 s per server and attempt by default). So within a download the
+    lookup runs in a daemon thread, which the download stops waiting for at its deadline and which ends whenever the
+    resolver gives up. At most LOOKUP_THREADS of them wait at once, so a dead resolver cannot pile up threads: past
+    that, a lookup waits for a free one, within its deadline too. Outside a download, or for an IP address (which
+    the resolver answers without asking anyone), it is a plain call."""
+    deadline = _CURRENT_DEADLINE.get()
+    if deadline is None or _is_address(host):
+        return getaddrinfo(host, port)
+    too_slow = NameLookupTimeout(f"looking up {host} did not finish")
+    if not _LOOKUP_SLOTS.acquire(timeout=deadline.left()):
+        raise too_slow
+    answer: list = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            answer.append(getaddrinfo(host, port))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting download
+            answer.append(exc)
+        finally:
+            _LOOKUP_SLOTS.release()
+            done.set()
+
+    threading.Thread(target=run, name=f"sag-lookup-{host}"[:60], daemon=True).start()
+    if not done.wait(deadline.left()):
+        raise too_slow
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
 def _resolve(name: str) -> set[IPAddress]:
     try:
-        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        infos = lookup(name, None)
+    except NameLookupTimeout:
+        raise  # not "resolves to nothing": the download ran out of time
     except OSError:
         return set()
     return {normalise_address(info[4][0]) for info in infos}
@@ -224,13 +281,17 @@ class _GuardedConnectionMixin:
         host, port = self.host, self.port  # type: ignore[attr-defined]
         deadline = _CURRENT_DEADLINE.get()
         try:
-            infos = socket.getaddrinfo(self._dns_host, port, type=socket.SOCK_STREAM)  # type: ignore[attr-defined]
+            infos = lookup(self._dns_host, port)  # type: ignore[attr-defined]
+            # Checked before connecting, and the connection is then made to exactly these addresses (no second DNS
+            # answer in between), so a forbidden destination is never connected to: no port probing.
+            for info in infos:
+                self.sag_policy.check(self.sag_scheme, host, port, info[4][0])  # may look up allowed names
+        except NameLookupTimeout as exc:
+            raise ConnectTimeoutError(self, str(exc)) from exc
+        except BlockedAddressError:
+            raise
         except OSError as exc:
             raise NewConnectionError(self, f"cannot resolve {host}: {exc}") from exc  # type: ignore[arg-type]
-        # Checked before connecting, and the connection is then made to exactly these addresses (no second DNS
-        # answer in between), so a forbidden destination is never connected to: no port probing.
-        for info in infos:
-            self.sag_policy.check(self.sag_scheme, host, port, info[4][0])
         timeout = self.timeout  # type: ignore[attr-defined]
         if deadline is not None:  # a redirect's connection gets only what is left of the download's time
             left = deadline.left()
@@ -425,6 +486,9 @@ class ImageFetcher:
                 blocked = _find_cause(exc, BlockedAddressError)
                 if blocked is not None:
                     raise ImageError(f"cannot fetch {shown}: {blocked}") from None
+                late_lookup = _find_cause(exc, NameLookupTimeout)
+                if late_lookup is not None:
+                    raise ImageError(f"{too_slow}: {late_lookup}") from None
                 # Whatever the closed socket made urllib3 raise, or a per-read timeout (requests reports one while
                 # streaming as a ConnectionError wrapping urllib3's timeout).
                 if (deadline.expired or isinstance(exc, requests.exceptions.Timeout)
@@ -476,12 +540,15 @@ def _find_cause(exc: BaseException, kind: type[BaseException] | tuple[type[BaseE
         seen.add(id(current))
         if isinstance(current, kind):
             return current
-        stack.extend([current.__cause__, current.__context__, getattr(current, "reason", None)])
+        reason = getattr(current, "reason", None)  # urllib3's wrapped error; an SSLError's is a string
+        stack.extend([current.__cause__, current.__context__, reason if isinstance(reason, BaseException) else None])
         stack.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
     return None
 
 
 def _short_reason(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.exceptions.SSLError):  # reached only once the destination was allowed
+        return "the TLS handshake failed (the server's certificate is not trusted, or not valid for this host)"
     if isinstance(exc, requests.exceptions.ConnectionError):
         return "connection failed (host unreachable, unknown or refusing connections)"
     return type(exc).__name__

@@ -127,6 +127,9 @@ class PredictionService:
             raise TaskRejected(f"the task has no referring text: data field {self.settings.text_field!r} is missing"
                                f"{hint}")
         items = raw if isinstance(raw, list) else [raw]
+        if len(items) > self.settings.max_texts_per_task:  # before anything is done per text
+            raise TaskRejected(f"the task has {len(items)} referring texts in {source}; the limit is "
+                               f"{self.settings.max_texts_per_task} per task (SAG_MAX_TEXTS_PER_TASK)")
         texts = []
         for item in items:
             if not isinstance(item, str):

@@ -1,11 +1,13 @@
 """HTTP routes for fine-tuning and model versions (beside the Label Studio protocol routes of :mod:`backend.app`).
 
-    POST /training/<project>          queue fine-tuning of a project (what Start Training does)
+    POST /training/<project>          queue fine-tuning of a project (what Start Training does); body {} or none
     GET  /training/<project>          the project's latest training job: stage, step / total, loss, result
     GET  /versions                    every stored version, oldest first, with lineage and metrics
-    POST /versions/rollback           {"version": id} serves that version again (default: the previous one)
+    POST /versions/rollback           {"version": id} serves that version again ({} or none: the previous one)
 
-They sit behind the same basic auth as the rest of the backend (BASIC_AUTH_USER / BASIC_AUTH_PASS).
+They sit behind the same basic auth as the rest of the backend (BASIC_AUTH_USER / BASIC_AUTH_PASS). The two POSTs
+change what the backend does, so they take only ``Content-Type: application/json`` (415 otherwise), even with no
+body: a browser holding the basic-auth credentials would otherwise send them along with a form on another site.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 from training.registry import RegistryError
 
 from .exceptions import BadRequest
-from .http_input import json_type, parse_json_object
+from .http_input import json_type, parse_json_object, require_json
 from .runtime import Runtime
 from .training_service import TrainingService
 
@@ -30,8 +32,15 @@ def training_blueprint(runtime: Runtime, training: TrainingService) -> Blueprint
     """The routes above, bound to this process's runtime and training service."""
     bp = Blueprint("training", __name__)
 
+    def json_body() -> dict:
+        """The body of a state-changing POST: sent as JSON (else 415), a JSON object or nothing ({} then)."""
+        require_json(request.is_json, request.mimetype, f"POST {request.path}")
+        raw = request.get_data(cache=True)
+        return parse_json_object(raw) if raw.strip() else {}
+
     @bp.post("/training/<int:project_id>")
     def start(project_id: int) -> tuple[Response, int]:
+        json_body()  # no fields yet; checked all the same, so that a form cannot start training
         answer = training.submit(project_id, "api")
         return jsonify(answer), 202 if answer["status"] == "queued" else 200
 
@@ -52,16 +61,11 @@ def training_blueprint(runtime: Runtime, training: TrainingService) -> Blueprint
 
     @bp.post("/versions/rollback")
     def rollback() -> tuple[Response, int]:
-        # No body means "the previous version"; a body that is there must say which one, so a malformed body
-        # is refused rather than read as "the previous version".
-        version = None
-        raw = request.get_data(cache=True)
-        if raw.strip():
-            if not request.is_json:
-                raise BadRequest("the request body must be a JSON object sent as Content-Type: application/json")
-            version = parse_json_object(raw).get("version")
-            if version is not None and not isinstance(version, str):
-                raise BadRequest(f"'version' must be a version id string, got {json_type(version)}")
+        # No version (an empty body or {}) means "the previous version"; a malformed body is refused rather than
+        # read as "the previous version".
+        version = json_body().get("version")
+        if version is not None and not isinstance(version, str):
+            raise BadRequest(f"'version' must be a version id string, got {json_type(version)}")
         try:
             served = runtime.registry.rollback(version)
         except RegistryError as exc:  # its messages name version ids, never the registry's directory

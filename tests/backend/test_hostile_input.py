@@ -1,6 +1,8 @@
 """Hostile and malformed input: wrongly typed fields are answered 400 naming the field (or fail their task alone),
-deeply nested or oversized bodies are refused before they are parsed, and no secret reaches an HTTP answer or Redis,
-even when Label Studio's error page echoes our request headers."""
+deeply nested or oversized bodies are refused before they are parsed (an oversized one with a 413 the client can
+read, its bytes dropped as they arrive), state-changing routes refuse what a form on another site can send, too many
+or too long texts fail their task alone, and no secret reaches an HTTP answer or Redis, even when Label Studio's
+error page echoes our request headers."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -22,15 +26,16 @@ from typing import Iterator
 
 import pytest
 import redis
+import requests
 import torch
 from rq import Queue, Worker
 from rq.results import Result
 
 from backend import http_input, redact
-from backend.app import create_app
+from backend.app import create_app, make_server
 from backend.dispatch import EmbeddedDispatcher
-from backend.exceptions import LabelConfigError, LabelStudioError
-from backend.http_input import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_too_deep
+from backend.exceptions import LabelConfigError, LabelStudioError, SettingsError
+from backend.http_input import MAX_BODY_BYTES, MAX_DRAIN_BYTES, MAX_JSON_DEPTH, json_too_deep
 from backend.keys import TRAINING_QUEUE
 from backend.labeling_config import parse_labeling_config
 from backend.logs import RedactSecrets
@@ -119,11 +124,44 @@ def test_a_rollback_body_that_is_not_json_rolls_nothing_back(model_dir):
     before = Registry(model_dir).current()
     broken = client.post("/versions/rollback", data='{"version": ', content_type="application/json")
     assert broken.status_code == 400 and "not valid JSON" in broken.get_json()["error"]
-    as_form = client.post("/versions/rollback", data='{"version": "x"}', content_type="text/plain")
-    assert as_form.status_code == 400 and "application/json" in as_form.get_json()["error"]
     assert Registry(model_dir).current() == before
-    # No body at all still means the previously promoted version, as documented.
-    assert client.post("/versions/rollback").get_json()["current"] != before
+    # No version (an empty JSON body, or {}) means the previously promoted version, as documented.
+    assert client.post("/versions/rollback", content_type="application/json").get_json()["current"] != before
+    assert client.post("/versions/rollback", json={}).get_json()["current"] == before
+
+
+# What an HTML form on another site can send: its three encodings, with and without a body (a form with no fields
+# sends an empty urlencoded body), and no type at all (a bodiless POST from a script or a link-click tool).
+FORM_BODIES = [("application/x-www-form-urlencoded", ""), ("application/x-www-form-urlencoded", "version=x"),
+               ("multipart/form-data; boundary=b", '--b\r\nContent-Disposition: form-data; name="v"\r\n\r\nx\r\n--b--'),
+               ("text/plain", ""), ("text/plain", '{"version": "x"}'), (None, "")]
+
+
+@pytest.mark.parametrize("content_type,data", FORM_BODIES, ids=[f"{t}:{len(d)}" for t, d in FORM_BODIES])
+def test_state_changing_routes_refuse_what_a_cross_site_form_can_send(model_dir, content_type, data):
+    client = make_client(model_dir, label_studio_url="http://127.0.0.1:9", label_studio_api_key="a-key-0123456789")
+    before = Registry(model_dir).current()
+    for route in ("/versions/rollback", "/training/3", "/webhook", "/predict"):
+        response = client.post(route, data=data, content_type=content_type)
+        assert response.status_code == 415, (route, response.get_data(as_text=True))
+        error = response.get_json()["error"]
+        assert f"POST {route} takes a JSON object sent as Content-Type: application/json" in error
+        assert (content_type or "no Content-Type").split(";")[0] in error
+    assert Registry(model_dir).current() == before  # nothing rolled back
+    assert client.get("/training/3").status_code == 404  # nothing queued
+
+
+def test_state_changing_routes_accept_json_as_scripts_send_it(model_dir):
+    # Without Label Studio settings training cannot start: a JSON request reaches that check (503), and changes
+    # nothing; with a form it did not get that far (above).
+    client = make_client(model_dir)
+    for kwargs in ({"json": {}}, {"content_type": "application/json"}):
+        response = client.post("/training/3", **kwargs)
+        assert response.status_code == 503 and "no LABEL_STUDIO_URL" in response.get_json()["error"]
+    registry = Registry(model_dir)
+    previous = registry.versions()[0].id
+    assert client.post("/versions/rollback", json={"version": previous}).get_json() == {"current": previous}
+    assert Registry(model_dir).current() == previous
 
 
 def test_rollback_errors_name_the_version_not_the_model_directory(model_dir):
@@ -228,11 +266,142 @@ def test_depth_scan_agrees_with_the_parser_across_chunks(monkeypatch):
     assert checked > 2000
 
 
-def test_an_oversized_body_is_answered_413(model_dir):
+LIMIT_TEXT = f"the limit is 64 MiB ({MAX_BODY_BYTES} bytes)"
+
+
+def test_an_oversized_body_is_answered_413_by_the_app(model_dir):
+    # Under another WSGI server (or Flask's test client) the app's own check answers, with the same message.
     client = make_client(model_dir)
     response = client.post("/predict", data=b" " * (MAX_BODY_BYTES + 1), content_type="application/json")
     assert response.status_code == 413
+    assert response.get_json()["error"] == f"the request body is 64.0 MiB ({MAX_BODY_BYTES + 1} bytes); " \
+                                           f"{LIMIT_TEXT}: send fewer tasks per request"
+    assert response.status == f"413 {response.get_json()['error']}"
     assert client.get("/health").status_code == 200
+
+
+@pytest.fixture
+def backend_url(model_dir: Path) -> Iterator[str]:
+    """sag-backend's own waitress server (make_server, as main() runs it) on a free port, in a thread."""
+    settings = Settings.from_env({}, model_dir=str(model_dir), device="cpu", host="127.0.0.1", port=0, threads=2)
+    server = make_server(create_app(settings), settings)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
+        thread.join(timeout=10)
+
+
+def _rss_kib(field: str) -> int:
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def _post_raw(url: str, path: str, size: int) -> bytes:
+    """POST a ``size``-byte body the way a strict HTTP/1.1 client does: every byte sent (a reset while sending
+    fails here), then the answer read to the end. The body goes out as one reused 1 MiB buffer, so this process never
+    holds it."""
+    host, port = url.removeprefix("http://").split(":")
+    piece = memoryview(bytes(2**20))
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {size}\r\n\r\n".encode())
+        left = size
+        while left:
+            sock.sendall(piece[:min(left, len(piece))])
+            left -= min(left, len(piece))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_70_mb_body_gets_a_413_the_client_reads_and_is_never_held(backend_url, caplog):
+    caplog.set_level(logging.WARNING, logger="backend.http_input")
+    size = 70 * 2**20
+    reason = f"the request body is 70.0 MiB ({size} bytes); {LIMIT_TEXT}: send fewer tasks per request"
+    # As Label Studio sends it: requests, with the whole body in memory, reads the answer once it is all sent.
+    response = requests.post(f"{backend_url}/predict", data=b" " * size,
+                             headers={"Content-Type": "application/json"}, timeout=120)
+    assert response.status_code == 413 and response.json() == {"error": reason}
+    assert response.reason == reason  # what raise_for_status() (and so Label Studio's log) shows
+    with pytest.raises(requests.HTTPError, match="413 Client Error: the request body is 70.0 MiB"):
+        response.raise_for_status()
+    assert requests.get(f"{backend_url}/health", timeout=30).status_code == 200  # the server is still up
+    # A client that gives up on a reset while sending (urllib3 2 forgives one and reads on, when the answer
+    # arrived before the reset did): the server reads the whole body, so the client sends it all. Meanwhile this
+    # process's peak memory (the server's; the client holds 1 MiB) must not grow by the body. /proc/self/clear_refs
+    # "5" resets the peak (VmHWM) to the current size (Linux 4.0 and later).
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _rss_kib("VmRSS")
+    answer = _post_raw(backend_url, "/predict", size)
+    grown_mib = (_rss_kib("VmHWM") - before) / 1024
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 413 {reason}\r\n".encode()) and json.loads(body) == {"error": reason}
+    assert grown_mib < 16, f"peak memory grew by {grown_mib:.0f} MiB while a 70 MiB body was refused"
+    # The parser read both bodies to their last byte and dropped them as they came (the log counts the bytes).
+    dropped = [r.getMessage() for r in caplog.records if "read and dropped it" in r.getMessage()]
+    assert dropped == [f"refused a {size}-byte body of POST /predict (limit {MAX_BODY_BYTES} bytes); read and "
+                       "dropped it"] * 2, dropped
+    assert requests.post(f"{backend_url}/setup", json={"label_config": LABEL_CONFIG}, timeout=30).status_code == 200
+
+
+def test_a_body_declared_beyond_the_drain_bound_is_answered_at_once(backend_url):
+    # Not read at all: the 413 comes back before a byte of the body is sent.
+    host, port = backend_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (MAX_DRAIN_BYTES + 1))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 the request body is 256.0 MiB"), head
+    assert json.loads(body) == {"error": f"the request body is 256.0 MiB ({MAX_DRAIN_BYTES + 1} bytes); "
+                                         f"{LIMIT_TEXT}: send fewer tasks per request"}
+    assert requests.get(f"{backend_url}/health", timeout=30).status_code == 200
+
+
+# ---- texts per task -----------------------------------------------------------------------------------------------
+def test_too_many_or_too_long_texts_fail_their_task_alone(model_dir, http_server, photos):
+    base, served = http_server
+    served.files["/cat.png"] = (png_bytes(photos["chelsea"]), "image/png")
+    image = f"{base}/cat.png"
+    client = make_client(model_dir, max_texts_per_task=3, max_text_chars=40)
+    tasks = [{"id": 1, "data": {"image": image, "text": ["the cat"] * 4}},
+             {"id": 2, "data": {"image": image, "text": "the cat   " * 8}},  # 63 characters once spaces collapse
+             {"id": 3, "data": {"image": image, "text": ["the cat", "the ear on the left", "the nose"]}},
+             {"id": 4, "data": {"image": image, "text": ["the cat", "x" * 41]}}]
+    response = client.post("/predict", json={"tasks": tasks, "label_config": LABEL_CONFIG})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    results = response.get_json()["results"]
+    assert results[0] == {"task": 1, "error": "the task has 4 referring texts in data field 'text'; the limit is 3 "
+                                              "per task (SAG_MAX_TEXTS_PER_TASK)"}
+    assert results[1] == {"task": 2, "error": "the referring text in data field 'text' has 63 characters; the "
+                                              "limit is 40 (SAG_MAX_TEXT_CHARS)"}
+    assert "SAG_MAX_TEXT_CHARS" in results[3]["error"] and "result" not in results[3]
+    # The task within the limits, in the same request, gets its masks: one brush region per text.
+    regions = results[2]["result"]
+    assert len(regions) == 3 and all(r["type"] == "brushlabels" and r["value"]["rle"] for r in regions), regions
+    # A typed prompt (the interactive context) is held to the same limit.
+    prompt = {"tasks": [tasks[2]], "label_config": LABEL_CONFIG,
+              "params": {"context": {"result": [{"from_name": "prompt", "to_name": "image", "type": "textarea",
+                                                 "value": {"text": ["the cat"] * 4}}]}}}
+    [answer] = client.post("/predict", json=prompt).get_json()["results"]
+    assert answer == {"task": 3, "error": "the task has 4 referring texts in prompt <prompt>; the limit is 3 per "
+                                          "task (SAG_MAX_TEXTS_PER_TASK)"}
+
+
+def test_text_limits_are_settings_with_defaults():
+    defaults = Settings.from_env({})
+    assert (defaults.max_texts_per_task, defaults.max_text_chars) == (32, 1000)
+    read = Settings.from_env({"SAG_MAX_TEXTS_PER_TASK": "5", "SAG_MAX_TEXT_CHARS": "200"})
+    assert (read.max_texts_per_task, read.max_text_chars) == (5, 200)
+    for value in ("0", "-1", "many"):
+        with pytest.raises(SettingsError, match="SAG_MAX_TEXTS_PER_TASK"):
+            Settings.from_env({"SAG_MAX_TEXTS_PER_TASK": value})
 
 
 def test_unknown_job_ids_of_any_shape_are_404_in_redis_mode(redis_url, model_dir):

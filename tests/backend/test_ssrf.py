@@ -1,6 +1,7 @@
 """SSRF and slow-server defences of backend/images.py and the embedded dispatcher, against real local sockets:
 destinations (scheme, address, port) instead of host names, SAG_ALLOWED_HOSTS syntax, uniform errors, the download
-deadline against trickling servers, and a stuck download not holding the embedded job slots."""
+deadline against trickling http and https servers and a resolver that does not answer, and a stuck download not
+holding the embedded job slots."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import re
 import select
 import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from concurrent.futures import Future
@@ -17,10 +20,11 @@ from typing import Iterator
 
 import pytest
 
+from backend import images
 from backend.app import create_app
 from backend.dispatch import EmbeddedDispatcher
 from backend.exceptions import ImageError, SettingsError
-from backend.images import AddressPolicy, ImageFetcher
+from backend.images import LOOKUP_THREADS, AddressPolicy, ImageFetcher
 from backend.ls_client import LabelStudioClient
 from backend.settings import Settings, parse_allowed_hosts
 
@@ -176,16 +180,17 @@ def test_wellformed_allowed_hosts_are_accepted():
 
 # ---- the download deadline ---------------------------------------------------------------------------------------
 class Trickle:
-    """A real HTTP server that sends one byte every ``interval`` seconds: of its headers (``mode="headers"``) or, after
-    complete headers, of an endless body. It notes when a request arrived and when the client closed the connection;
-    ``release`` makes it hang up."""
+    """A real HTTP server (HTTPS with a ``tls`` server context) that sends one byte every ``interval`` seconds: of its
+    headers (``mode="headers"``) or, after complete headers, of an endless body. It notes when a request arrived and
+    when the client closed the connection; ``release`` makes it hang up."""
 
     HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 10000000\r\n\r\n"
 
-    def __init__(self, mode: str = "body", interval: float = 0.2, limit: float = 60.0):
-        self.mode, self.interval, self.limit = mode, interval, limit
+    def __init__(self, mode: str = "body", interval: float = 0.2, limit: float = 60.0,
+                 tls: ssl.SSLContext | None = None):
+        self.mode, self.interval, self.limit, self.tls = mode, interval, limit, tls
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/slow.png"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.sock.getsockname()[1]}/slow.png"
         self.requested = threading.Event()
         self.closed = threading.Event()  # the client closed the connection
         self.release = threading.Event()
@@ -201,6 +206,14 @@ class Trickle:
             threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
 
     def _drip(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn.settimeout(30)
+                conn = self.tls.wrap_socket(conn, server_side=True)  # the handshake
+                conn.settimeout(None)
+            except OSError:  # the client refused the certificate
+                conn.close()
+                return
         with conn:
             conn.recv(65536)
             self.requested.set()
@@ -218,8 +231,8 @@ class Trickle:
                     # The drip rate, and the moment a FIN from the client shows up.
                     readable, _, _ = select.select([conn], [], [], self.interval)
                     gone = bool(readable) and conn.recv(1) == b""
-                except OSError as exc:
-                    gone = exc.errno in (errno.EPIPE, errno.ECONNRESET)
+                except OSError as exc:  # over TLS, a vanished client is an SSLError (EOF, bad record)
+                    gone = isinstance(exc, ssl.SSLError) or exc.errno in (errno.EPIPE, errno.ECONNRESET)
                 if gone:
                     self.closed_at = time.monotonic()
                     self.closed.set()
@@ -254,6 +267,125 @@ def test_a_trickling_server_is_cut_at_the_deadline(trickle, mode):
     assert 1.4 <= elapsed < 1.5 + 1.0, elapsed
     assert server.closed.wait(timeout=5), "the server still holds the connection"
     assert server.closed_at - started < 1.5 + 1.0
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, made for this test run."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("making a self-signed certificate needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.parametrize("mode", ["body", "headers"])
+def test_a_trickling_https_server_is_cut_at_the_deadline(trickle, tls_files, monkeypatch, mode):
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = trickle(mode, tls=context)
+    fetcher = _fetcher(allowed_hosts=("127.0.0.1",), fetch_timeout=1.5)
+    # TLS really runs: the certificate is checked, and refused while nothing trusts it.
+    with pytest.raises(ImageError, match="TLS handshake failed"):
+        fetcher.fetch(server.url)
+    assert not server.requested.is_set()
+    make_session = images._guarded_session
+
+    def trusting(pools: dict) -> object:  # the download's own session, trusting only this certificate
+        session = make_session(pools)
+        session.verify = cert
+        return session
+
+    monkeypatch.setattr(images, "_guarded_session", trusting)
+    started = time.monotonic()
+    with pytest.raises(ImageError, match=r"longer than 1\.5 s \(SAG_FETCH_TIMEOUT\)"):
+        fetcher.fetch(server.url)
+    elapsed = time.monotonic() - started
+    assert server.requested.is_set()  # the handshake succeeded and the request went over TLS
+    assert 1.4 <= elapsed < 1.5 + 2.0, elapsed
+    assert server.closed.wait(timeout=5), "the server still holds the connection"
+    assert server.closed_at - started < 1.5 + 2.0
+
+
+# ---- name lookups within the deadline -----------------------------------------------------------------------------
+class HangingResolver:
+    """Stands in for images.getaddrinfo: a name in ``hang`` gets no answer until the test ends (as when the DNS
+    server does not reply); every other name resolves as usual."""
+
+    def __init__(self, real):  # type: ignore[no-untyped-def]
+        self.real, self.hang, self.release = real, set(), threading.Event()
+        self.asked: list[str] = []
+
+    def __call__(self, host: str, port: int | None) -> list:
+        self.asked.append(host)
+        if host in self.hang:
+            self.release.wait(120)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return self.real(host, port)
+
+
+@pytest.fixture
+def resolver(monkeypatch) -> Iterator[HangingResolver]:
+    stub = HangingResolver(images.getaddrinfo)
+    monkeypatch.setattr(images, "getaddrinfo", stub)
+    try:
+        yield stub
+    finally:
+        stub.release.set()
+        for thread in threading.enumerate():
+            if thread.name.startswith("sag-lookup-"):
+                thread.join(timeout=10)
+
+
+def test_a_name_lookup_that_never_answers_ends_at_the_deadline(resolver):
+    resolver.hang.add("images.example.test")
+    started = time.monotonic()
+    with pytest.raises(ImageError, match=r"^downloading http://images\.example\.test/x\.png took longer than 1 s "
+                                         r"\(SAG_FETCH_TIMEOUT\): looking up images\.example\.test did not finish$"):
+        _fetcher(fetch_timeout=1.0).fetch("http://images.example.test/x.png")
+    elapsed = time.monotonic() - started
+    assert resolver.asked == ["images.example.test"]
+    assert 0.9 <= elapsed < 1.0 + 2.0, elapsed
+
+
+def test_an_allowed_names_lookup_that_never_answers_ends_at_the_deadline(resolver, canary):
+    # 127.0.0.1 resolves at once; the policy then looks up the allowed name "minio" to see whether it is that address.
+    resolver.hang.add("minio")
+    started = time.monotonic()
+    with pytest.raises(ImageError, match=r"longer than 1 s \(SAG_FETCH_TIMEOUT\): looking up minio did not finish"):
+        _fetcher(allowed_hosts=("minio",), fetch_timeout=1.0).fetch(f"http://127.0.0.1:{canary.port}/x.png")
+    assert time.monotonic() - started < 1.0 + 2.0
+    assert "minio" in resolver.asked and canary.connections() == []  # never connected
+
+
+def test_lookups_that_never_answer_hold_a_bounded_number_of_threads(resolver):
+    resolver.hang.add("images.example.test")
+    fetcher = _fetcher(fetch_timeout=0.5)
+    errors: list[str] = []
+
+    def fetch() -> None:
+        try:
+            fetcher.fetch("http://images.example.test/x.png")
+        except ImageError as exc:
+            errors.append(str(exc))
+
+    fetches = [threading.Thread(target=fetch) for _ in range(2 * LOOKUP_THREADS)]
+    started = time.monotonic()
+    for thread in fetches:
+        thread.start()
+    for thread in fetches:
+        thread.join(timeout=30)
+    elapsed = time.monotonic() - started
+    assert len(errors) == 2 * LOOKUP_THREADS and all("SAG_FETCH_TIMEOUT" in e for e in errors), errors
+    assert elapsed < 0.5 + 3.0, elapsed  # every fetch ended at its deadline, those that never got a thread too
+    waiting = [t for t in threading.enumerate() if t.name.startswith("sag-lookup-")]
+    assert 0 < len(waiting) <= LOOKUP_THREADS
+    assert len(resolver.asked) == len(waiting)  # a fetch that found no free thread never asked
 
 
 def test_embedded_mode_answers_other_requests_while_a_download_trickles(trickle, http_server, photos,
