@@ -250,7 +250,7 @@ def test_start_training_that_cannot_run_is_an_http_error_with_the_reason(model_d
     assert response.status.startswith(f"503 Training cannot start: the ML backend has {missing};")
     assert "\r" not in response.status and "\n" not in response.status
     assert response.get_json() == {"status": "error", "error": response.status.removeprefix("503 ")}
-    script = client.post("/training/3")  # the same from a script
+    script = client.post("/training/3", json={})  # the same from a script
     assert script.status_code == 503 and missing in script.get_json()["error"]
     assert client.get("/training/3").status_code == 404  # nothing was queued
 
