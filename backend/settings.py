@@ -245,7 +245,7 @@ class Settings:
     finetune_freeze_image_side: bool = FINETUNE_RECIPES["fast"].freeze_image_side
     finetune_heldout: float = FINETUNE_RECIPES["fast"].heldout_fraction  # pairs kept out for the retrieval check
     promote_tolerance: float = 0.0  # mIoU a candidate may lose on hand-corrected masks and still be promoted
-    promote_retrieval_tolerance: float = 0.0  # held-out retrieval accuracy it may lose when no masks exist
+    promote_heldout_tolerance: float = 0.0  # held-out C^3 loss (nats) it may add when no masks exist
     promote_unchecked: bool = False  # promote when nothing can check the candidate (no masks, too few pairs)
     training_timeout: int = 6 * 3600  # seconds one training job may run
     train_every_annotations: int = 0  # 0 = off; else train after this many new annotations in a project
@@ -311,8 +311,7 @@ class Settings:
             finetune_freeze_image_side=_flag(env, "SAG_FINETUNE_FREEZE_IMAGE_SIDE", recipe.freeze_image_side),
             finetune_heldout=_float(env, "SAG_FINETUNE_HELDOUT", recipe.heldout_fraction, fraction=True),
             promote_tolerance=_float(env, "SAG_PROMOTE_TOLERANCE", cls.promote_tolerance, fraction=True),
-            promote_retrieval_tolerance=_float(env, "SAG_PROMOTE_RETRIEVAL_TOLERANCE",
-                                               cls.promote_retrieval_tolerance, fraction=True),
+            promote_heldout_tolerance=_float(env, "SAG_PROMOTE_HELDOUT_TOLERANCE", cls.promote_heldout_tolerance),
             promote_unchecked=_flag(env, "SAG_PROMOTE_UNCHECKED", cls.promote_unchecked),
             training_timeout=_int(env, "SAG_TRAINING_TIMEOUT", cls.training_timeout, 60),
             train_every_annotations=_int(env, "SAG_TRAIN_EVERY_N_ANNOTATIONS", cls.train_every_annotations, 0),

@@ -77,7 +77,7 @@ def finetune_config(runtime: Runtime) -> FinetuneConfig:
     s = runtime.settings
     return replace(FINETUNE_RECIPES[s.finetune_recipe], steps=s.finetune_steps, epochs=s.finetune_epochs,
                    max_steps=s.finetune_max_steps, batch_size=s.finetune_batch_size, lr=s.finetune_lr,
-                   tolerance=s.promote_tolerance, retrieval_tolerance=s.promote_retrieval_tolerance,
+                   tolerance=s.promote_tolerance, heldout_tolerance=s.promote_heldout_tolerance,
                    promote_unchecked=s.promote_unchecked, heldout_fraction=s.finetune_heldout,
                    precision=s.precision, freeze_image_backbone=s.finetune_freeze_image_backbone,
                    freeze_image_side=s.finetune_freeze_image_side, mask_refine=s.mask_refine,

@@ -346,7 +346,7 @@ def test_the_button_uses_the_fast_recipe_and_validates_the_served_masks_as_confi
     assert default.freeze_image_side and default.freeze_image_backbone  # the fast, measured default
     assert (default.lr, default.epochs, default.max_steps, default.batch_size, default.heldout_fraction) == (
         fast.lr, fast.epochs, fast.max_steps, fast.batch_size, fast.heldout_fraction)
-    assert not default.promote_unchecked and default.retrieval_tolerance == 0.0
+    assert not default.promote_unchecked and default.heldout_tolerance == 0.0
     assert default.mask_refine == Settings.mask_refine and default.spatial_words is Settings.spatial_words is True
     chosen = finetune_config(Runtime(Settings.from_env({"SAG_FINETUNE_FREEZE_IMAGE_SIDE": "false",
                                                          "SAG_MASK_REFINE": "none", "SAG_SPATIAL_WORDS": "off",
