@@ -24,11 +24,13 @@ Modules (the model is ``model``; the rest is what it is made of, and what traini
     spatial        spatial words ("leftmost", "above the ...", "small") pick one region of the mask; segment_texts
     preprocess     PIL / uint8 images stretched to the backbone's square input (as the paper) and normalised
     metrics        IoU, mIoU, cIoU, accuracy at IoU thresholds, and diagnostics (boundary F, pointing, overlap)
+    confidence     a score per mask that estimates its IoU (mask_confidence: the region score), and how well it ranks
     checkpoint     versioned checkpoints: safetensors + config + metadata, written atomically
     device         device choice (cpu / cuda[:n] / auto, no environment read) and mixed-precision autocast
 """
 
 from .checkpoint import CheckpointInfo, read_metadata, save_pretrained
+from .confidence import mask_confidence
 from .config import SaGConfig, paper_config, tiny_config
 from .device import autocast, resolve_device
 from .inference import SCHEMES, combine_attention
@@ -41,4 +43,5 @@ __all__ = [
     "SaG", "SaGConfig", "paper_config", "tiny_config", "ImageEntities", "Segmentation", "TrainOutput",
     "CheckpointInfo", "save_pretrained", "load_pretrained", "read_metadata", "SegmentationMetrics", "iou",
     "intersection_union", "SCHEMES", "combine_attention", "autocast", "resolve_device", "head_parameters",
+    "mask_confidence",
 ]

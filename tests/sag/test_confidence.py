@@ -1,0 +1,126 @@
+"""sag.confidence: the per-mask score that the backend sends as a region's ``score``, and the ranking helpers that
+measure it."""
+
+import numpy as np
+import pytest
+import torch
+
+from sag.confidence import FEATURES, WEIGHTS, mask_confidence, mask_features, rank_report, spearman
+from sag.model import Segmentation
+
+TAU = 0.5
+SIDE = 64
+
+
+def _blob(cy: float, cx: float, sigma: float, side: int = SIDE) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
+                            indexing="ij")
+    return torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
+
+
+def _seg(soft: torch.Tensor, fuse: torch.Tensor, unrefined: torch.Tensor | None = None) -> Segmentation:
+    soft = (soft - soft.min()) / (soft.max() - soft.min())
+    return Segmentation(mask=soft >= TAU, soft=soft, fuse_attn=fuse, score=float(fuse.max()), unrefined=unrefined)
+
+
+def _peaked_fuse(k: int = 8) -> torch.Tensor:
+    return torch.softmax(torch.tensor([6.0] + [0.0] * (k - 1)), 0)
+
+
+def test_a_peaked_compact_map_scores_above_a_flat_one():
+    peaked = _seg(_blob(30, 34, 5.0), _peaked_fuse())
+    # a shallow ramp: most of the image is at or above tau, the attention spread over every entity
+    ramp = torch.linspace(0, 1, SIDE)[None, :].expand(SIDE, SIDE) ** 0.3
+    flat = _seg(ramp + 0.02 * torch.sin(torch.arange(SIDE * SIDE, dtype=torch.float32)).reshape(SIDE, SIDE),
+                torch.full((8,), 1 / 8))
+    assert flat.mask.float().mean() > 0.5 > peaked.mask.float().mean()
+    assert mask_confidence(peaked, TAU) > mask_confidence(flat, TAU)
+
+
+def test_specks_score_below_one_solid_object():
+    fuse = _peaked_fuse()
+    solid = _seg(_blob(32, 32, 6.0), fuse)
+    specks = torch.zeros(SIDE, SIDE)
+    for cy, cx in [(8, 8), (8, 50), (30, 20), (50, 10), (52, 52), (20, 40)]:
+        specks = torch.maximum(specks, _blob(cy, cx, 1.5))
+    scattered = _seg(specks, fuse)
+    assert mask_features(scattered, TAU)["largest"] < 0.5 < mask_features(solid, TAU)["largest"]
+    assert mask_confidence(solid, TAU) > mask_confidence(scattered, TAU)
+
+
+def test_plain_and_refined_masks_that_disagree_score_lower():
+    soft = _blob(32, 32, 5.0)
+    fuse = _peaked_fuse()
+    agreeing = _seg(soft, fuse, unrefined=soft.clone())
+    # the refinement moved the mask: the plain map's mask lies half beside it
+    disagreeing = _seg(soft, fuse, unrefined=_blob(32, 39, 5.0))
+    assert mask_features(agreeing, TAU)["agreement"] == 1.0
+    assert mask_features(disagreeing, TAU)["agreement"] < 0.6
+    assert WEIGHTS[FEATURES.index("agreement")] > 0
+    assert mask_confidence(disagreeing, TAU) < mask_confidence(agreeing, TAU)
+
+
+def test_a_region_left_out_far_away_is_not_a_disagreement():
+    """Spatial words keep one region of the plain mask: the other region, far from the served mask, does not count."""
+    fuse = _peaked_fuse()
+    plain = torch.maximum(_blob(32, 12, 4.0), _blob(32, 52, 4.0))
+    picked = _seg(_blob(32, 12, 4.0), fuse, unrefined=plain)
+    picked.mask[:, 32:] = False
+    assert mask_features(picked, TAU)["agreement"] > 0.9
+
+
+def test_scores_and_features_lie_in_the_unit_interval_and_repeat(rng):
+    for trial in range(20):
+        soft = torch.from_numpy(rng.random((40, 56)).astype(np.float32))
+        if trial % 2:
+            soft = torch.nn.functional.avg_pool2d(soft[None, None], 9, 1, 4)[0, 0]  # smooth blobs
+        fuse = torch.softmax(torch.from_numpy(rng.normal(size=6).astype(np.float32)) * trial, 0)
+        unrefined = torch.from_numpy(rng.random((40, 56)).astype(np.float32)) if trial % 3 == 0 else None
+        seg = _seg(soft, fuse, unrefined)
+        features = mask_features(seg, TAU)
+        assert set(features) == set(FEATURES)
+        assert all(0.0 <= v <= 1.0 for v in features.values()), features
+        score = mask_confidence(seg, TAU)
+        assert 0.0 <= score <= 1.0
+        assert mask_confidence(seg, TAU) == score  # deterministic, bit for bit
+
+
+def test_an_empty_mask_scores_zero():
+    soft = _blob(32, 32, 5.0)
+    seg = Segmentation(mask=torch.zeros(SIDE, SIDE, dtype=torch.bool), soft=soft, fuse_attn=_peaked_fuse(), score=1.0)
+    assert mask_confidence(seg, TAU) == 0.0
+
+
+def test_large_maps_are_read_at_a_bounded_size_with_the_same_verdict():
+    small = _seg(_blob(30, 34, 5.0), _peaked_fuse())
+    big = _seg(_blob(30 * 16, 34 * 16, 5.0 * 16, side=SIDE * 16), _peaked_fuse())
+    assert mask_confidence(big, TAU) == pytest.approx(mask_confidence(small, TAU), abs=0.05)
+
+
+def test_bad_input_is_named():
+    seg = _seg(_blob(32, 32, 5.0), _peaked_fuse())
+    with pytest.raises(ValueError, match="tau"):
+        mask_confidence(seg, 1.5)
+    wrong = Segmentation(mask=seg.mask[:10], soft=seg.soft, fuse_attn=seg.fuse_attn, score=1.0)
+    with pytest.raises(ValueError, match="mask"):
+        mask_features(wrong, TAU)
+
+
+def test_a_real_segmentation_gets_a_score(tiny_model, random_images):
+    images = random_images([(48, 40), (30, 70)])
+    segs = tiny_model.predict(images, ["the red circle", "the leftmost square"], refine="guided", spatial=True)
+    for seg in segs:
+        assert 0.0 <= mask_confidence(seg, tiny_model.config.threshold) <= 1.0
+
+
+def test_spearman_and_the_review_list():
+    iou = [0.9, 0.1, 0.5, 0.0, 0.8, 0.2, 0.95, 0.05, 0.6, 0.4]
+    assert spearman(iou, iou) == pytest.approx(1.0)
+    assert spearman(iou, [-v for v in iou]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [0.1, 0.5, 0.9]) == 0.0  # a constant score ranks nothing
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties share their mean rank
+    report = rank_report(iou, iou)  # a perfect score: the lowest 20 % are the two worst masks
+    assert (report["review_count"], report["review_iou_below_0.3"], report["all_iou_below_0.3"]) == (2, 2, 4)
+    assert rank_report([-v for v in iou], iou)["review_iou_below_0.3"] == 0
+    with pytest.raises(ValueError):
+        rank_report([0.1, 0.2], [0.3])
