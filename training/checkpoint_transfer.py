@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -154,6 +155,12 @@ def unpack_archive(archive: Path, target: Path) -> None:
                 _check_size(archive, sum(info.file_size for info in members))
                 zf.extractall(target)
             return
+        if not hasattr(tarfile, "data_filter"):
+            # PEP 706's filters came in Python 3.10.12 / 3.11.4; without them extractall would trust every name
+            # and link in the archive, so refuse rather than unpack unchecked.
+            raise CheckpointError(f"{archive.name}: this Python ({sys.version.split()[0]}) cannot unpack tar "
+                                  "archives safely (it needs 3.10.12 / 3.11.4 or later); upgrade Python, or pass "
+                                  "a .zip or an unpacked directory")
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             _check_size(archive, sum(m.size for m in members if m.isfile()))

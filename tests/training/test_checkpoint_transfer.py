@@ -186,6 +186,17 @@ def test_archives_cannot_write_outside_their_directory(tmp_path, make, message):
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
 
 
+def test_a_python_without_tar_filters_refuses_tar_archives(tmp_path, exported, monkeypatch):
+    """Before 3.10.12 / 3.11.4 tarfile has no data filter: nothing is unpacked unchecked."""
+    archive = tmp_path / "ok.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(exported[1], arcname="ckpt")
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(RegistryError, match="cannot unpack tar archives safely"):
+        Registry(tmp_path / "models").import_checkpoint(str(archive))
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
 def test_zip_members_outside_the_directory_are_refused(tmp_path):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
