@@ -3,7 +3,7 @@
 
 None of them is trained for referring segmentation: their backbones are pretrained, the SaG heads are random until
 the first fine-tuning. The backend says so in its log and in the version's metadata. (Not to be confused with the
-training recipes of ``sag-train --preset`` in :mod:`training.presets`: backend's ``paper`` is the paper's backbones,
+training recipes of ``sag-train --preset`` in :mod:`training.presets`: here ``vit-bert`` is the paper's backbones,
 untrained; training's ``paper`` is the paper's training recipe.)
 """
 
@@ -24,7 +24,7 @@ INITIAL_MODEL_PRESETS: dict[str, tuple[str, Callable[[], tuple[SaGConfig, bool]]
         lambda: (paper_config(image_backbone="mobilenet_v2", image_weights="package", text_backbone="minilm"), True),
     ),
     # The paper's backbones; downloads ViT-S/16 (timm) and bert-base-uncased from the Hugging Face hub.
-    "paper": (
+    "vit-bert": (
         "ViT-S/16 @384 + BERT-base as in the paper; downloads weights from the Hugging Face hub",
         lambda: (paper_config(image_weights="hub"), True),
     ),
@@ -32,12 +32,15 @@ INITIAL_MODEL_PRESETS: dict[str, tuple[str, Callable[[], tuple[SaGConfig, bool]]
     "tiny": ("randomly initialised miniature for tests", lambda: (tiny_config(), False)),
 }
 """``SAG_INIT_PRESET`` name -> an untrained starting model for an empty registry; not training.presets'
-TRAINING_PRESETS (``sag-train --preset``), which pair a model with its training recipe: here ``paper`` is the paper's
-backbones with random heads, there the paper's training recipe."""
+TRAINING_PRESETS (``sag-train --preset``), which pair a model with its training recipe (there ``paper`` is the
+paper's training recipe; here its backbones with random heads are ``vit-bert``)."""
+# Names this setting had before; still accepted.
+RENAMED_PRESETS = {"paper": "vit-bert"}
 
 
 def build_initial_model(preset: str) -> tuple[SaG, dict[str, Any]]:
     """A fresh model for ``preset`` and the metadata to store with it."""
+    preset = RENAMED_PRESETS.get(preset, preset)
     if preset not in INITIAL_MODEL_PRESETS:
         raise ValueError(f"unknown SAG_INIT_PRESET {preset!r}; choose one of {sorted(INITIAL_MODEL_PRESETS)}")
     description, make = INITIAL_MODEL_PRESETS[preset]

@@ -113,7 +113,7 @@ TRAINING_PRESETS = {"assist": _assist, "paper": _paper, "cpu-synthetic": _cpu_sy
                     "cpu-synthetic-paper": _cpu_synthetic_paper, "cpu-synthetic-mobilenet": _cpu_synthetic_mobilenet}
 """``sag-train --preset`` name -> a model config *and* the recipe to train it; not backend.presets'
 INITIAL_MODEL_PRESETS (``SAG_INIT_PRESET``), which are untrained starting models: here ``paper`` is the paper's
-training recipe, there the paper's backbones with random heads."""
+training recipe, there ``vit-bert`` is the paper's backbones with random heads."""
 
 
 def get_preset(name: str, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> Preset:

@@ -372,3 +372,13 @@ def test_spatial_words_setting_reaches_the_rle(tmp_path, http_server):
     np.testing.assert_array_equal(head, head_off)  # a text without spatial words is served alike either way
     with pytest.raises(SettingsError, match="SAG_SPATIAL_WORDS"):
         Settings.from_env({"SAG_SPATIAL_WORDS": "sometimes"})
+
+
+def test_initial_presets_and_training_presets_do_not_share_a_name():
+    """SAG_INIT_PRESET names an untrained starting model, `sag-train --preset` a training recipe: one name must
+    not mean both. The old SAG_INIT_PRESET=paper still builds the paper's backbones (now ``vit-bert``)."""
+    from backend.presets import INITIAL_MODEL_PRESETS, RENAMED_PRESETS
+    from training.presets import TRAINING_PRESETS
+
+    assert not set(INITIAL_MODEL_PRESETS) & set(TRAINING_PRESETS)
+    assert RENAMED_PRESETS["paper"] in INITIAL_MODEL_PRESETS
