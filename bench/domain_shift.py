@@ -279,6 +279,54 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def word_table(result: dict[str, Any]) -> str:
+    """Markdown: the shift domain's mIoU per vocabulary word, before and after each N (mean over seeds)."""
+    before = result["before"]["shift"]["words"]
+    words = sorted(before)
+    lines = ["| pairs | " + " | ".join(words) + " |", "|---" * (len(words) + 1) + "|",
+             "| 0 (before) | " + " | ".join(f"{before[w]['mIoU']:.2f}" for w in words) + " |"]
+    for n in sorted({r["pairs"] for r in result["runs"]}):
+        runs = [r["scores"]["shift"]["words"] for r in result["runs"] if r["pairs"] == n]
+        lines.append(f"| {n} | " + " | ".join(f"{statistics.fmean(r[w]['mIoU'] for r in runs if w in r):.2f}"
+                                              for w in words) + " |")
+    return "\n".join(lines)
+
+
+def compare(paths: Sequence[Path]) -> str:
+    """Markdown: one row per result file (a settings sweep), means over its seeds, what it changed from the
+    backend's defaults, and the stage diagnostics of the shift split."""
+    current: dict[str, Any] | None = None
+    lines = ["| run | changes from the defaults | pairs | seeds | steps | wall s | shift mIoU (gain) | attribute | "
+             "absolute | relation | pointing | A_fuse picks best | base mIoU (change) |", "|---" * 13 + "|"]
+    for path in paths:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        before = result["before"]
+        config, exp = result["finetune_config"], result["experiment"]
+        shipped = result.get("shipped_finetune_config")  # the backend's defaults when the file was written
+        if shipped is None:
+            current = current or dataclasses.asdict(backend_finetune_config(from_env=False))
+            shipped = current
+        changes = [f"{k}={v}" for k, v in config.items() if k not in ("seed", "show_progress") and shipped.get(k) != v]
+        changes += [f"{k}={v}" for k, v in exp["train_config"].items()]
+        changes += [f"freeze {' '.join(exp['freeze'])}"] if exp["freeze"] else []
+        changes += [f"replay {exp['replay_pairs']}"] if exp["replay_pairs"] else []
+        for n in sorted({r["pairs"] for r in result["runs"]}):
+            runs = [r for r in result["runs"] if r["pairs"] == n]
+            mean = lambda f: statistics.fmean(f(r) for r in runs)  # noqa: E731
+            shift = mean(lambda r: r["scores"]["shift"]["mIoU"])
+            kinds = " | ".join(f"{mean(lambda r, k=k: r['scores']['shift']['kinds'].get(k, float('nan'))):.3f}"
+                               for k in ("attribute", "absolute", "relation"))
+            base = (f"{_delta(mean(lambda r: r['scores']['base']['mIoU']), before['base']['mIoU'])}"
+                    if "base" in before else "")
+            wall = mean(lambda r: r["finetune"]["wall_s"])
+            lines.append(f"| {Path(path).stem.removeprefix('domain-shift-')} | {', '.join(changes) or 'none'} | {n} | "
+                         f"{len(runs)} | {runs[0]['finetune']['steps']} | {wall:.0f} | "
+                         f"{_delta(shift, before['shift']['mIoU'])} | {kinds} | "
+                         f"{mean(lambda r: r['scores']['shift']['pointing']):.3f} | "
+                         f"{mean(lambda r: r['scores']['shift']['afuse_picks_best']):.3f} | {base} |")
+    return "\n".join(lines)
+
+
 def summarize(runs: list[dict], before: dict) -> dict[str, Any]:
     """Per N: means over seeds, the gain on the shift domain, the drop on the base domain and the goal check."""
     out = {}
@@ -304,7 +352,9 @@ def summarize(runs: list[dict], before: dict) -> dict[str, Any]:
 # ---- the command ----------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-checkpoint", required=True,
+    parser.add_argument("--compare", nargs="+", metavar="RESULT_JSON",
+                        help="print one table row per result file (a settings sweep) and exit")
+    parser.add_argument("--base-checkpoint",
                         help="the cpu-synthetic training run (with best.json) or a checkpoint directory")
     parser.add_argument("--train-base", action="store_true",
                         help=f"train the base checkpoint when --base-checkpoint is absent ({' '.join(BASE_COMMAND)})")
@@ -332,6 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare([Path(p) for p in args.compare]))
+        return 0
+    if not args.base_checkpoint:
+        parser.error("--base-checkpoint is required (unless --compare)")
 
     torch.set_num_threads(args.threads)
     data_root = Path(args.data)
@@ -393,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join(["python", "bench/domain_shift.py", *(argv if argv is not None else sys.argv[1:])]),
         "base_checkpoint": str(base), "base_version": base_model.version,
         "finetune_config": dataclasses.asdict(config),
+        "shipped_finetune_config": dataclasses.asdict(backend_finetune_config(from_env=False)),
         "served_inference": {"mask_refine": refine, "spatial_words": spatial},
         "experiment": {"freeze": args.freeze, "train_config": train_over, "replay_pairs": len(replay)},
         "generators": {name: json.loads((root / "synthetic.json").read_text(encoding="utf-8"))
@@ -421,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_path.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     if "base" in before:
         result["summary"] = summarize(result["runs"], before)
-        print(table(result))
+        print(table(result), "\n")
+    print(word_table(result))
     result["machine"]["load_average_at_end"] = os.getloadavg()
     result["total_wall_s"] = round(time.time() - started, 1)
     out_path.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")

@@ -20,7 +20,7 @@ def _bench():
     return module
 
 
-def test_fine_tunes_through_the_registry_and_scores_the_candidate(tmp_path):
+def test_fine_tunes_through_the_registry_and_scores_the_candidate(tmp_path, capsys):
     bench = _bench()
     data = tmp_path / "data"
     write_benchmark(data / "synthetic", SyntheticConfig(seed=0, image_size=32, scenes={"train": 2, "val": 0,
@@ -49,9 +49,15 @@ def test_fine_tunes_through_the_registry_and_scores_the_candidate(tmp_path):
         assert 0.0 <= scores["mIoU"] <= 1.0 and set(scores["kinds"]) <= {"attribute", "absolute", "relation"}
     assert set(result["before"]["base"]["words"]) <= set(DOMAINS["base"].colours) | set(DOMAINS["base"].shapes)
     assert result["summary"]["6"]["seeds"] == 1
+    assert result["shipped_finetune_config"] == {**result["finetune_config"], "steps": shipped.steps,
+                                                 "batch_size": shipped.batch_size, "show_progress": True}
     assert not list(work.glob("registry-*")), "each run's registry is removed"
     # a second invocation (a settings sweep) reuses the serving model's scores
     assert [p.name.startswith("before-") for p in work.iterdir()] == [True]
+    capsys.readouterr()
+    assert bench.main(["--compare", str(tmp_path / "results" / "domain-shift-smoke.json")]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| smoke |")]
+    assert "| steps=2, batch_size=4 | 6 | 1 | 2 |" in row
 
 
 def test_the_experiment_patch_freezes_modules_and_is_undone(tmp_path):
