@@ -82,15 +82,20 @@ def test_promotion_decision():
     unchecked = promotion_decision(None, None, 0.0, 0)  # no masks, no held-out pairs: nothing shows it is not worse
     assert not unchecked.promote and "too few" in unchecked.reason
     assert promotion_decision(None, None, 0.0, 0, promote_unchecked=True).promote  # the owner's explicit choice
-    better, worse = RetrievalScores(0.6, 1.0, 20, 10), RetrievalScores(0.4, 1.5, 20, 10)
+    better, worse = RetrievalScores(0.6, 0.2, 1.0, 20, 10), RetrievalScores(0.4, 0.3, 1.5, 20, 10)
     assert promotion_decision(None, None, 0.0, 0, (better, worse)).promote
     assert "retrieval on 20 held-out pair(s) of 10 image(s)" in promotion_decision(None, None, 0.0, 0,
                                                                                    (better, worse)).reason
     assert not promotion_decision(None, None, 0.0, 0, (worse, better)).promote
-    assert promotion_decision(None, None, 0.0, 0, (worse, better), heldout_tolerance=0.5).promote
-    # the loss decides, not the top-1 accuracy (near chance on a few dozen look-alike images)
-    assert promotion_decision(None, None, 0.0, 0, (RetrievalScores(0.3, 1.2, 20, 10), better)).promote is False
-    assert not promotion_decision(None, None, 0.0, 0, (RetrievalScores(0.9, float("nan"), 20, 10), worse)).promote
+    # the tolerance is in nats of loss; the rank must not be worse
+    assert promotion_decision(None, None, 0.0, 0, (RetrievalScores(0.4, 0.2, 1.5, 20, 10), better),
+                              heldout_tolerance=0.5).promote
+    # loss and rank decide, not the top-1 accuracy (near chance on a few dozen look-alike images)
+    assert not promotion_decision(None, None, 0.0, 0, (RetrievalScores(0.9, 0.1, 1.2, 20, 10), better)).promote
+    sharper = RetrievalScores(0.6, 0.25, 0.8, 20, 10)  # a lower loss from sharper scores, own images ranked lower
+    assert not promotion_decision(None, None, 0.0, 0, (sharper, better)).promote
+    assert not promotion_decision(None, None, 0.0, 0, (RetrievalScores(0.9, 0.1, float("nan"), 20, 10),
+                                                       worse)).promote
     # masks, when annotators corrected some, decide over the retrieval
     assert not promotion_decision(0.40, 0.50, 0.0, 3, (better, worse)).promote
     assert promotion_decision(0.50, 0.50, 0.0, 3).promote  # not worse
@@ -261,6 +266,7 @@ def test_without_masks_a_fine_tune_that_learns_is_promoted_and_a_broken_one_is_n
     held, parent_held = meta["metrics"]["heldout_retrieval"], meta["metrics"]["parent_heldout_retrieval"]
     assert good.promoted and "retrieval" in good.reason and registry.current() == good.version
     assert held["accuracy"] > parent_held["accuracy"] and held["loss"] < parent_held["loss"]
+    assert held["rank"] < parent_held["rank"]
     assert meta["trained_on"]["pairs"] + meta["trained_on"]["heldout_pairs"] == 32
     _, heldout = hold_out(colour_scenes.pairs, config.heldout_fraction, config.heldout_min_pairs,
                           config.heldout_max_pairs, seed=config.seed)
