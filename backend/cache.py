@@ -1,6 +1,7 @@
 """Caches bounded in bytes: one thread-safe LRU (:class:`LRUCache`), used for the entity cache of inference
-(:class:`EntityCache`: each image's SaG image side, keyed by (image content hash, model version)) and for the image
-bytes a training job reads once per epoch (:mod:`backend.training_jobs`).
+(:class:`EntityCache`: each image's SaG image side and, when masks are refined, its decoded pixels, keyed by (image
+content hash, model version)) and for the image bytes a training job reads once per epoch
+(:mod:`backend.training_jobs`).
 
 An entity cache entry is a pure function of its key, so keeping it per process is safe: a new model version simply
 misses.
@@ -10,10 +11,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Generic, TypeVar
 
+import numpy as np
+
 from sag import ImageEntities
+
+# The largest share of the entity cache's budget one entry may take with its guide image.
+GUIDE_SHARE = 0.25
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -77,17 +83,32 @@ class LRUCache(Generic[K, V]):
 
 @dataclass(frozen=True)
 class CachedImage:
+    """One image's side of SaG, and the pixels its masks are refined along."""
+
     entities: ImageEntities  # one image, features dropped
     size: tuple[int, int]  # (H, W) after EXIF orientation: the mask's size
+    # (H, W, 3) uint8 RGB, read-only: the decoded image, kept when masks are refined (SAG_MASK_REFINE), so that a new
+    # text on this image does not decode the file again; None when not refining, or too large to keep (see
+    # EntityCache.put).
+    guide: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
         e = self.entities
-        return e.entities.element_size() * e.entities.nelement() + e.slot_attn.element_size() * e.slot_attn.nelement()
+        tensors = e.entities.element_size() * e.entities.nelement() + e.slot_attn.element_size() * e.slot_attn.nelement()
+        return tensors + (self.guide.nbytes if self.guide is not None else 0)
 
 
 class EntityCache(LRUCache[tuple[str, str], CachedImage]):
-    """:class:`CachedImage` by (image content hash, model version), at most ``max_bytes`` of tensors."""
+    """:class:`CachedImage` by (image content hash, model version), at most ``max_bytes`` of tensors and guides."""
 
     def __init__(self, max_bytes: int):
         super().__init__(max_bytes, size=lambda item: item.nbytes)
+
+    def put(self, key: tuple[str, str], value: CachedImage) -> None:
+        """Keep ``value``; its guide only while the entry takes at most :data:`GUIDE_SHARE` of the budget. A large
+        photo's pixels (36 MB at 12 MP, against ~0.2 MB of entities) would otherwise flush the entries of the images
+        before it, or not fit at all; without its guide, a hit on it decodes the file again."""
+        if value.guide is not None and value.nbytes > GUIDE_SHARE * self.max_bytes:
+            value = replace(value, guide=None)
+        super().put(key, value)

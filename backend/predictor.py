@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
+import numpy as np
 import torch
+from PIL import Image
 
 from sag import ImageEntities, SaG, autocast, resolve_device
 from sag.spatial import segment_texts
@@ -63,7 +65,7 @@ class Counters:
 class _Pending:
     task: TaskInput
     image: CachedImage | None = None
-    pixels: Any = None  # the decoded image (PIL), kept only to guide the mask refinement
+    pixels: np.ndarray | None = None  # (H, W, 3) uint8: the decoded image, only to guide the mask refinement
     error: str | None = None
     regions: list[dict[str, Any]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -165,7 +167,7 @@ class Predictor:
         to_encode: list[tuple[_Pending, str, Any]] = []
         seen: dict[str, list[_Pending]] = {}
         refining = self.settings.mask_refine != "none"
-        decoded: dict[str, Any] = {}  # digest -> image decoded for a cache hit, to decode it once per job
+        decoded: dict[str, Any] = {}  # digest -> guide decoded for a cache hit without one, to decode it once per job
         for item, data in zip(pending, fetched):
             if isinstance(data, Exception):
                 item.error = _describe(data)
@@ -174,10 +176,12 @@ class Predictor:
             cached = self.cache.get((digest, model.version))
             if cached is not None:
                 item.image = cached
-                if refining:  # the entities are cached, the pixels are not: the refinement needs them
+                if refining and cached.guide is not None:
+                    item.pixels = cached.guide
+                elif refining:  # an entry kept without its pixels (too large): decode the file again
                     try:
                         if digest not in decoded:
-                            decoded[digest] = decode_image(data, self.settings.max_image_pixels)
+                            decoded[digest] = _guide(decode_image(data, self.settings.max_image_pixels))
                         item.pixels = decoded[digest]
                     except ImageError as exc:
                         item.error = str(exc)
@@ -191,7 +195,8 @@ class Predictor:
             except ImageError as exc:
                 item.error = str(exc)
                 continue
-            item.pixels = image if refining else None
+            # The same array guides this job's refinement and, kept in the cache, every later text on this image.
+            item.pixels = _guide(image) if refining else None
             seen[digest] = [item]
             to_encode.append((item, digest, image))
 
@@ -200,8 +205,8 @@ class Predictor:
                 ent = model.encode_image(model.preprocess([image for _, _, image in batch]))
             return [
                 CachedImage(ImageEntities(ent.entities[i:i + 1], ent.slot_attn[i:i + 1], ent.grid),
-                            (image.height, image.width))
-                for i, (_, _, image) in enumerate(batch)
+                            (image.height, image.width), item.pixels)
+                for i, (item, _, image) in enumerate(batch)
             ]
 
         for batch in _batched(to_encode, self.settings.batch_size):
@@ -251,6 +256,13 @@ class Predictor:
     def stats(self) -> dict[str, Any]:
         return {"model_version": self.version, "device": str(self.device), **vars(self.counters),
                 "entity_cache": self.cache.stats()}
+
+
+def _guide(image: Image.Image) -> np.ndarray:
+    """A decoded image -> (H, W, 3) uint8 RGB, read-only: shared by every job that hits its cache entry."""
+    pixels = np.array(image)  # decode_image gives RGB
+    pixels.flags.writeable = False
+    return pixels
 
 
 def _capture(fn: Callable[[T], R], arg: T) -> R | Exception:
