@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +38,10 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
 
 
 ERROR_EXCERPT_CHARS = 200
+# Per-task prediction lookups in flight at once during an exactly-once write-back. Label Studio has no filter for a
+# set of tasks, and listing the whole project instead would cost every job time and bytes in proportion to the
+# project's predictions (results included), which grows with every version.
+LOOKUP_CONCURRENCY = 8
 _ERROR_READ_BYTES = 64 * 1024  # of an error body, what is looked at (after the secrets are scrubbed from all of it)
 _TAG = re.compile(r"<[^<>]*>")  # [^<>]: linear even on a body of unclosed "<"
 
@@ -209,9 +214,10 @@ class LabelStudioClient:
         """Store each prediction unless its task already holds one of the same ``model_version``, so that any number
         of runs of the same write leaves exactly one prediction per (task, model_version).
 
-        Before importing, each task's predictions are listed and the tasks that already hold this version are
-        skipped (a retry after a lost answer: LS stored the import, the worker never heard). After importing, the
-        written tasks are listed again and any extra copy of the version is deleted, keeping the oldest (lowest id):
+        Before importing, each task's predictions are listed (``GET /api/predictions/?task=``, several tasks at a
+        time: :data:`LOOKUP_CONCURRENCY`) and the tasks that already hold this version are skipped (a retry after a
+        lost answer: LS stored the import, the worker never heard). After importing, the written tasks are listed
+        again and any extra copy of the version is deleted, keeping the oldest (lowest id):
         two runs of one job that imported concurrently (RQ requeued a job whose worker had lost Redis while it was
         still running) converge too; they all keep the same one. Returns how many were ``stored``, ``skipped``
         (present already) and ``removed`` (duplicates deleted). Raises :class:`LabelStudioError` if a written task
@@ -223,17 +229,15 @@ class LabelStudioClient:
                 wanted.setdefault((prediction["task"], prediction["model_version"]), prediction)
         removed = 0
         todo: list[dict[str, Any]] = []
-        for (task_id, version), prediction in wanted.items():
-            held = self._held(task_id, version)
+        for key, held in zip(wanted, self._held_each(list(wanted))):
             if held:
-                removed += self._keep_oldest(task_id, held)
+                removed += self._keep_oldest(key[0], held)
             else:
-                todo.append(prediction)
+                todo.append(wanted[key])
         stored = self.import_predictions(project_id, todo) if todo else 0
         missing = []
-        for prediction in todo:
-            task_id, version = prediction["task"], prediction["model_version"]
-            held = self._held(task_id, version)
+        written = [(p["task"], p["model_version"]) for p in todo]
+        for (task_id, _), held in zip(written, self._held_each(written)):
             if not held:
                 missing.append(task_id)
             removed += self._keep_oldest(task_id, held)
@@ -245,6 +249,16 @@ class LabelStudioClient:
             log.info("label studio: project %s: %d prediction(s) stored, %d already there, %d duplicate(s) removed",
                      project_id, stored, skipped, removed)
         return {"stored": stored, "skipped": skipped, "removed": removed}
+
+    def _held_each(self, keys: list[tuple[int, str]]) -> list[list[dict[str, Any]]]:
+        """:meth:`_held` for each (task, version) of ``keys``, in order, up to ``LOOKUP_CONCURRENCY`` requests at a
+        time: a bulk job waits for about one round trip per phase instead of one per task. Raises the first
+        :class:`LabelStudioError` (after the lookups in flight have ended)."""
+        if len(keys) <= 1:
+            return [self._held(task_id, version) for task_id, version in keys]
+        with ThreadPoolExecutor(max_workers=min(LOOKUP_CONCURRENCY, len(keys)),
+                                thread_name_prefix="ls-lookup") as pool:
+            return list(pool.map(lambda key: self._held(*key), keys))
 
     def _held(self, task_id: int, version: str) -> list[dict[str, Any]]:
         """The predictions ``task_id`` holds of ``model_version`` ``version``."""
