@@ -173,6 +173,100 @@ def reprompt_latency(args, device, model: SaG) -> dict:
     return result
 
 
+# Texts without spatial words (a cue such as "on the left" sends one more text through fusion and refinement).
+REPROMPT_TEXTS = ["woman in red shirt", "the astronaut's white helmet", "a brown dog with a red collar",
+                  "the cup of coffee", "the striped cat's face", "the rocket"]
+
+
+class _OneFile:
+    """The backend's image fetcher interface, handing out one encoded image for every URL."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def fetch(self, url: str, task_id: int | None) -> bytes:
+        return self.data
+
+
+def photo_jpeg(width: int, height: int) -> bytes:
+    """scikit-image's astronaut resized to ``width`` x ``height``, as a JPEG (quality 90)."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((width, height), Image.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def backend_reprompt(args, device, model: SaG, name: str, sizes: list[tuple[int, int]]) -> list[dict]:
+    """A new text on an image in the backend's entity cache, as a sag-worker runs it: ``Predictor.predict`` of one
+    task (cache lookup, text encoder, fusion, the mask at the image's size refined along its edges with the default
+    ``SAG_MASK_REFINE=guided``, spatial words, brush RLE). Against the text encoder alone (tokenizer included), and
+    against the same hit that decodes the file again for the refinement (what a hit did before the cache kept the
+    pixels); rounds alternate the three, each with a new text. Per image size (W, H) of a JPEG."""
+    import dataclasses
+    import hashlib
+
+    from backend.images import decode_image
+    from backend.predictor import OutputSpec, Predictor, TaskInput
+    from backend.settings import Settings
+    from training.registry import Registry
+
+    directory = Path(tempfile.mkdtemp(prefix="sag-bench-registry-"))
+    spec = OutputSpec("image", brush="mask")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    try:
+        registry = Registry(directory)
+        registry.promote(registry.add(model, {"preset": name, "trained": False}).id)
+        settings = Settings.from_env({}, model_dir=str(directory), device=str(device), precision=args.precision)
+        for width, height in sizes:
+            jpeg = photo_jpeg(width, height)
+            predictor = Predictor(settings, Registry(directory), _OneFile(jpeg))
+            predictor.predict([TaskInput(0, "bench://photo.jpg", ("warm-up",), ("Object",))], spec)  # a miss
+            key = (hashlib.sha256(jpeg).hexdigest(), predictor.version)
+            kept = predictor.cache.get(key)
+            assert kept is not None and kept.guide is not None, "the cache did not keep the image's pixels"
+            without = dataclasses.replace(kept, guide=None)
+            served = predictor.model
+
+            def text_only(text: str) -> None:
+                with torch.inference_mode(), autocast(device, settings.precision):
+                    served.encode_text(**served.tokenize([text]))
+
+            def hit(text: str, pixels_kept: bool) -> None:
+                predictor.cache.put(key, kept if pixels_kept else without)
+                [answer] = predictor.predict([TaskInput(1, "bench://photo.jpg", (text,), ("Object",))], spec)
+                assert "result" in answer, answer
+
+            cases = {"text_encoder_only": text_only, "cache_hit": lambda t: hit(t, True),
+                     "cache_hit_decoding_again": lambda t: hit(t, False),
+                     "decode_only": lambda t: decode_image(jpeg, settings.max_image_pixels)}
+            times: dict[str, list[float]] = {case: [] for case in cases}
+            for i in range(args.latency_repeats * 2 + 3):
+                text = f"{REPROMPT_TEXTS[i % len(REPROMPT_TEXTS)]} {i}"
+                for case, fn in cases.items():
+                    sync()
+                    start = time.perf_counter()
+                    fn(text)
+                    sync()
+                    if i >= 3:  # warm-up rounds
+                        times[case].append(time.perf_counter() - start)
+            row = {"model": name, "image": f"{width}x{height}", "repeats": len(times["cache_hit"]),
+                   **{f"{case}_ms": 1000 * statistics.median(v) for case, v in times.items()}}
+            row["cache_hit_over_text_encoder"] = row["cache_hit_ms"] / row["text_encoder_only_ms"]
+            row["decoding_again_over_text_encoder"] = row["cache_hit_decoding_again_ms"] / row["text_encoder_only_ms"]
+            rows.append(row)
+            print(f"  {name} @ {width}x{height}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
+                                                               if isinstance(v, float)), flush=True)
+            del predictor, served
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return rows
+
+
 def training_throughput(args, device, model: SaG) -> dict:
     """Pairs/s of one optimisation step, and the batched B x B fusion against a per-pair Python loop."""
     model.train()
@@ -317,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-repeats", type=int, default=None)
     parser.add_argument("--fusion-batch", type=int, default=32)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: forward,reprompt,training,memory")
+    parser.add_argument("--reprompt-sizes", default="512x512,2048x1536",
+                        help="image sizes (WxH) of the backend re-prompt measurement")
     parser.add_argument("--tag", default=None, help="result file suffix (default: the device kind)")
     parser.add_argument("--probe", choices=["inference", "training"], help=argparse.SUPPRESS)
     parser.add_argument("--probe-batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -327,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         print(json.dumps(memory_probe(args.probe, args.probe_batch, device, args.precision)))
         return 0
+    args.reprompt_sizes = [tuple(int(v) for v in size.split("x")) for size in args.reprompt_sizes.split(",")]
     args.batch_sizes = [int(b) for b in (args.batch_sizes or ("1,8,32,64" if gpu else "1,4,16")).split(",")]
     args.repeats = args.repeats or (20 if gpu else 3)
     args.latency_repeats = args.latency_repeats or (50 if gpu else 10)
@@ -363,6 +460,18 @@ def main(argv: list[str] | None = None) -> int:
             print("== re-prompt latency (batch 1) ==", flush=True)
             report["reprompt"] = reprompt_latency(args, device, sag_model)
             print("  " + ", ".join(f"{k} {v:.2f}" for k, v in report["reprompt"].items()), flush=True)
+            print("== re-prompt through the backend on an entity-cache hit (batch 1, guided refinement) ==",
+                  flush=True)
+            from backend.presets import build_initial_model
+
+            served, _ = build_initial_model("mobilenet-minilm")
+            report["load_average_start"] = os.getloadavg()
+            report["reprompt_backend"] = (
+                backend_reprompt(args, device, sag_model, "SaG paper-shaped (ViT-S/16 + BERT-base)", args.reprompt_sizes)
+                + backend_reprompt(args, device, served.to(device).eval(), "mobilenet-minilm (served)",
+                                   args.reprompt_sizes))
+            report["load_average_end"] = os.getloadavg()
+            del served
         if "training" not in skip:
             print("== training ==", flush=True)
             report["training"] = training_throughput(args, device, sag_model)
@@ -399,6 +508,15 @@ def print_tables(report: dict) -> None:
         for k in ("full_forward_ms", "reprompt_cached_ms", "text_encoder_only_ms"):
             print(f"| {k[:-3].replace('_', ' ')} | {r[k]:.2f} |")
         print(f"| re-prompt / text encoder | {r['reprompt_over_text_encoder']:.2f}x (goal <= 1.2x) |")
+    if "reprompt_backend" in report:
+        load = report["load_average_start"][0], report["load_average_end"][0]
+        print(f"\n| backend, entity-cache hit, guided refinement (load average {load[0]:.1f} -> {load[1]:.1f}) | image "
+              "| text encoder ms | hit ms | hit / text encoder | hit decoding again ms | / text encoder | decode ms |"
+              "\n|---|---|---:|---:|---:|---:|---:|---:|")
+        for r in report["reprompt_backend"]:
+            print(f"| {r['model']} | {r['image']} | {r['text_encoder_only_ms']:.1f} | {r['cache_hit_ms']:.1f} | "
+                  f"{r['cache_hit_over_text_encoder']:.2f}x | {r['cache_hit_decoding_again_ms']:.1f} | "
+                  f"{r['decoding_again_over_text_encoder']:.2f}x | {r['decode_only_ms']:.1f} |")
     if "training" in report:
         t = report["training"]
         print(f"\ntraining: {t['train_pairs_per_s']:.2f} pairs/s at batch {t['train_batch']}; "
