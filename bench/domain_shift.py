@@ -354,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", nargs="+", metavar="RESULT_JSON",
                         help="print one table row per result file (a settings sweep) and exit")
+    parser.add_argument("--show", metavar="RESULT_JSON", help="print the tables of a result file and exit")
     parser.add_argument("--base-checkpoint",
                         help="the cpu-synthetic training run (with best.json) or a checkpoint directory")
     parser.add_argument("--train-base", action="store_true",
@@ -382,11 +383,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.show:
+        result = json.loads(Path(args.show).read_text(encoding="utf-8"))
+        if "summary" in result:
+            print(table(result), "\n")
+        print(word_table(result))
+        return 0
     if args.compare:
         print(compare([Path(p) for p in args.compare]))
         return 0
     if not args.base_checkpoint:
-        parser.error("--base-checkpoint is required (unless --compare)")
+        parser.error("--base-checkpoint is required (unless --compare or --show)")
 
     torch.set_num_threads(args.threads)
     data_root = Path(args.data)

@@ -58,6 +58,9 @@ def test_fine_tunes_through_the_registry_and_scores_the_candidate(tmp_path, caps
     assert bench.main(["--compare", str(tmp_path / "results" / "domain-shift-smoke.json")]) == 0
     [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| smoke |")]
     assert "| steps=2, batch_size=4 | 6 | 1 | 2 |" in row
+    assert bench.main(["--show", str(tmp_path / "results" / "domain-shift-smoke.json")]) == 0
+    shown = capsys.readouterr().out
+    assert "| 0 (before) |" in shown and "| 6, mean of 1 |" in shown
 
 
 def test_the_experiment_patch_freezes_modules_and_is_undone(tmp_path):
