@@ -21,6 +21,7 @@ Imports point down only (``backend -> training -> sag``). Modules, roughly from 
     ls_client         the Label Studio API client: auth, export, predictions, exactly-once import
     labeling_config   what the backend needs from a labelling config, with an error naming what is missing
     results           brush RLE and polygon regions from masks; prediction records for import
+    versions          the model_version Label Studio sees: the registry id, marked +untrained / +unchecked
     http_input        request bodies at the HTTP boundary: size and depth limits, field type checks
     cache             byte-bounded LRU caches (the entity cache, training image bytes)
     logs              logging set-up with secrets scrubbed

@@ -30,6 +30,7 @@ from .runtime import Runtime, set_runtime
 from .settings import Settings
 from .training_routes import training_blueprint
 from .training_service import TrainingService
+from .versions import served_version
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
         info: dict[str, Any] = {"status": "UP", "model_class": SaGModel.__name__,
                                 "mode": "embedded" if settings.embedded else "redis"}
         try:
-            info["model_version"] = runtime.registry.current()
+            info["model_version"] = served_version(runtime.registry)  # "+untrained" etc. for placeholders
             info["workers"] = dispatcher.workers()
         except RedisError as exc:
             return jsonify(status="DOWN", detail=f"Redis is unreachable: {type(exc).__name__}"), 503
@@ -126,7 +127,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
     @app.get("/metrics")
     def metrics() -> tuple[Response, int]:
         data: dict[str, Any] = {"uptime_s": round(time.time() - started, 1), "queue": dispatcher.stats(),
-                                "model_version": runtime.registry.current()}
+                                "model_version": served_version(runtime.registry)}
         if settings.embedded:
             data["predictor"] = runtime.predictor.stats()
         else:

@@ -18,6 +18,7 @@ from .http_input import json_type
 from .predictions import PredictionService, servable_config
 from .runtime import Runtime
 from .training_service import TrainingService
+from .versions import served_version
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
 
@@ -59,8 +60,9 @@ class SaGModel:
 
     @property
     def model_version(self) -> str | None:
-        """The serving checkpoint version, shared through Redis (or the registry's CURRENT file)."""
-        return self.runtime.registry.current()
+        """The serving checkpoint version as Label Studio sees it (shared through Redis, or the registry's CURRENT
+        file): the registry id, with ``+untrained`` or ``+unchecked`` for a placeholder (:mod:`backend.versions`)."""
+        return served_version(self.runtime.registry)
 
     def setup(self) -> dict[str, Any]:
         """Check the config can be served and report the model version (Label Studio calls this before predicting)."""

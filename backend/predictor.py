@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from sag import ImageEntities, SaG, autocast, resolve_device
+from sag.confidence import mask_confidence
 from sag.spatial import segment_texts
 from training.registry import Registry
 
@@ -26,6 +27,7 @@ from .images import ImageFetcher, decode_image
 from .presets import build_initial_model
 from .results import brush_region, polygon_regions
 from .settings import Settings
+from .versions import is_placeholder, label_studio_version
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,11 @@ class Predictor:
     def version(self) -> str | None:
         return self.model.version if self.model is not None else None
 
+    @property
+    def served_version(self) -> str | None:
+        """The loaded version as Label Studio sees it: ``+untrained`` or ``+unchecked`` marks a placeholder."""
+        return label_studio_version(self.model.version, self.model.metadata) if self.model is not None else None
+
     def ensure_model(self) -> SaG:
         """The current version's model, loading it when the registry's pointer moved (a promotion or rollback)."""
         current = self.registry.ensure_current(lambda: build_initial_model(self.settings.init_preset)).id
@@ -155,7 +162,7 @@ class Predictor:
                     answers.append({
                         "result": item.regions,
                         "score": sum(item.scores) / len(item.scores),
-                        "model_version": model.version,
+                        "model_version": label_studio_version(model.version, model.metadata),
                     })
             return answers
 
@@ -224,6 +231,8 @@ class Predictor:
     # ---- text side and fusion ---------------------------------------------------------------------------------
     def _segment(self, model: SaG, pending: list[_Pending], spec: OutputSpec) -> None:
         pairs = [(item, i) for item in pending if item.error is None for i in range(len(item.task.texts))]
+        # A placeholder's masks are not to be trusted at all: score 0 sorts them last in Label Studio.
+        placeholder = is_placeholder(model.metadata)
 
         def run(batch: Sequence[tuple[_Pending, int]]) -> list[tuple[Any, float]]:
             with torch.inference_mode(), autocast(self.device, self.settings.precision):
@@ -233,7 +242,10 @@ class Predictor:
                 segs = segment_texts(model, image, [item.task.texts[i] for item, i in batch],
                                      [item.image.size for item, _ in batch], guides=guides, refine=refine,
                                      spatial=self.settings.spatial_words)
-            return [(seg.mask.cpu().numpy(), seg.score) for seg in segs]
+                # An estimate of each mask's IoU from its maps (sag.confidence), so that annotators who sort by
+                # score review the least trusted masks first; the largest A_fuse alone does not rank masks.
+                scores = [0.0 if placeholder else mask_confidence(seg, model.config.threshold) for seg in segs]
+            return [(seg.mask.cpu().numpy(), score) for seg, score in zip(segs, scores)]
 
         for batch in _batched(pairs, self.settings.batch_size):
             for (item, i), result in zip(batch, _each_or_alone(batch, run)):
@@ -254,7 +266,7 @@ class Predictor:
                 item.scores.append(score)
 
     def stats(self) -> dict[str, Any]:
-        return {"model_version": self.version, "device": str(self.device), **vars(self.counters),
+        return {"model_version": self.served_version, "device": str(self.device), **vars(self.counters),
                 "entity_cache": self.cache.stats()}
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from .predictions import PredictionService
 from .results import prediction_records
 from .runtime import Runtime
+from .versions import served_version
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,13 @@ def stale_tasks(tasks: list[dict[str, Any]], predictions: list[dict[str, Any]], 
 
 def refresh_prelabels(runtime: Runtime, predictions: PredictionService | None, project_id: int, label_config: str,
                       tasks: list[dict[str, Any]], version: str) -> dict[str, Any]:
-    """Re-predict the stale tasks of ``project_id`` with the serving ``version``; returns what was done."""
+    """Re-predict the stale tasks of ``project_id`` with the serving ``version`` (a registry id); returns what was
+    done."""
     ls = runtime.label_studio
     if ls is None or predictions is None:
         return {"tasks": 0, "detail": "no Label Studio client or inference dispatcher here; nothing refreshed"}
+    # Label Studio holds the versions the answers carried: a placeholder's id with its suffix (backend.versions).
+    version = served_version(runtime.registry, version)
     stale = stale_tasks(tasks, ls.predictions(project_id), version)
     if not stale:
         return {"tasks": 0}

@@ -74,8 +74,58 @@ def test_predict_returns_brush_rle_equal_to_the_model_mask(model_dir, http_serve
         assert (region["original_height"], region["original_width"]) == (height, width)
         decoded = rle_to_mask(region["value"]["rle"], height, width)
         assert_same_mask(decoded, seg, reference.config.threshold)  # other batches: rounding may differ
-        assert region["score"] == pytest.approx(seg.score, abs=1e-6)
-    assert {r["model_version"] for r in results} == {version}
+        assert region["score"] == 0.0  # the session registry's tiny model is untrained: a placeholder
+    assert {r["model_version"] for r in results} == {f"{version}+untrained"}
+    assert [r["score"] for r in results] == [0.0, 0.0]
+
+
+def test_an_untrained_version_scores_zero_and_says_so_everywhere_label_studio_looks(model_dir, http_server, photos):
+    """A placeholder sorts last and is easy to filter out: score 0 on every region and the task, ``+untrained`` in
+    /predict, /setup, /health and /metrics; the registry side (/versions) keeps the plain id."""
+    base, served = http_server
+    served.files["/coffee.png"] = (png_bytes(photos["coffee"]), "image/png")
+    client = make_client(model_dir)
+    version = Registry(model_dir).current()
+    marked = f"{version}+untrained"
+    tasks = [{"id": 1, "data": {"image": f"{base}/coffee.png", "text": ["the cup of coffee", "the spoon"]}}]
+    [answer] = predict(client, tasks)["results"]
+    assert answer["model_version"] == marked and answer["score"] == 0.0
+    assert [r["score"] for r in answer["result"]] == [0.0, 0.0]
+    assert client.post("/setup", json={"project": "7.1", "schema": LABEL_CONFIG}).get_json() == {
+        "model_version": marked}
+    assert client.get("/health").get_json()["model_version"] == marked
+    assert client.get("/metrics").get_json()["model_version"] == marked
+    assert client.get("/metrics").get_json()["predictor"]["model_version"] == marked
+    assert client.get("/versions").get_json()["current"] == version
+
+
+def test_a_trained_version_scores_each_mask_by_its_estimated_iou(model_dir, http_server, photos):
+    """A version whose metadata says it was trained keeps its plain id, and each region's score is
+    sag.confidence.mask_confidence of the model's own segmentation of that text; the task's score is their mean."""
+    from sag.confidence import mask_confidence
+
+    base, served = http_server
+    served.files["/coffee.png"] = (png_bytes(photos["coffee"]), "image/png")
+    torch.manual_seed(7)
+    registry = Registry(model_dir)
+    trained = registry.add(SaG(tiny_config()), {"preset": "tiny", "trained": True}).id
+    registry.promote(trained)
+    client = make_client(model_dir)
+    texts = ["the cup of coffee", "the spoon"]
+    [answer] = predict(client, [{"id": 1, "data": {"image": f"{base}/coffee.png", "text": texts}}])["results"]
+    assert answer["model_version"] == trained
+    assert client.post("/setup", json={"schema": LABEL_CONFIG}).get_json() == {"model_version": trained}
+    assert client.get("/health").get_json()["model_version"] == trained
+
+    reference = SaG.from_pretrained(model_dir / trained)
+    expected = reference.predict([photos["coffee"]] * 2, texts, refine=Settings().mask_refine,
+                                 spatial=Settings().spatial_words)
+    wanted = [mask_confidence(seg, reference.config.threshold) for seg in expected]
+    scores = [r["score"] for r in answer["result"]]
+    assert all(0.0 < s < 1.0 for s in wanted)  # precondition: not a placeholder's 0
+    # Another batch may round a map differently; a few pixels move the estimate by far less than this.
+    assert scores == pytest.approx(wanted, abs=1e-3)
+    assert answer["score"] == pytest.approx(sum(scores) / len(scores), abs=1e-9)
 
 
 def test_sag_default_label_labels_texts_nothing_else_matches(model_dir, http_server, photos):
@@ -178,9 +228,11 @@ def test_a_promoted_version_is_served_without_restart(model_dir, http_server, ph
     client = make_client(model_dir)
     task = {"id": 1, "data": {"image": f"{base}/cat.png", "text": "the cat"}}
     old = predict(client, [task])["results"][0]["model_version"]
-    torch.manual_seed(1234)
     registry = Registry(model_dir)
-    new = registry.add(SaG(tiny_config()), {"parent": old}).id
+    assert old == f"{registry.current()}+untrained"
+    torch.manual_seed(1234)
+    # No "trained": False and no unchecked promotion in its metadata: served under its plain id.
+    new = registry.add(SaG(tiny_config()), {"parent": registry.current()}).id
     registry.promote(new)
     setup = client.post("/setup", json={"project": "7.1", "schema": LABEL_CONFIG}).get_json()
     assert setup == {"model_version": new}
@@ -208,7 +260,8 @@ def test_bulk_requests_return_at_once_and_are_written_back(model_dir, http_serve
     assert status["done"] == 5 and status["failed"] == 0
     imports = [payload for path, payload in served.posted if path == "/api/projects/7/import/predictions"]
     stored = sorted((p["task"], p["model_version"]) for batch in imports for p in batch)
-    assert stored == [(i, Registry(model_dir).current()) for i in range(1, 6)]
+    assert stored == [(i, f"{Registry(model_dir).current()}+untrained") for i in range(1, 6)]
+    assert all(p["score"] == 0.0 for batch in imports for p in batch)
     assert all(batch[0]["result"][0]["type"] == "brushlabels" for batch in imports)
     # Written back, the tasks' claims are released: asking again queues them afresh (a new model version would).
     assert predict(client, tasks)["job"]["already_pending"] == 0

@@ -172,16 +172,20 @@ def test_start_training_serves_a_new_version_and_a_second_click_joins_the_runnin
     versions = client.get("/versions").get_json()
     assert versions["current"] == new != parent
     [listed] = [v for v in versions["versions"] if v["version"] == new]
-    assert listed["parent"] == parent and listed["trained_on"]["pairs"] == 6
+    # Label Studio sees the placeholders marked (backend/versions.py); the registry keeps plain ids.
+    assert parent == f"{listed['parent']}+untrained" and listed["trained_on"]["pairs"] == 6
     assert listed["label_studio"] == {"project": PROJECT, "trigger": "START_TRAINING", "tasks": 6}
-    assert client.post("/setup", json={"schema": LABEL_CONFIG}).get_json()["model_version"] == new
-    assert predict_version(client, images[1][0], images[1][1]) == new
+    # Promoted without a check (SAG_PROMOTE_UNCHECKED): still a placeholder to Label Studio.
+    assert client.post("/setup", json={"schema": LABEL_CONFIG}).get_json()["model_version"] == f"{new}+unchecked"
+    assert predict_version(client, images[1][0], images[1][1]) == f"{new}+unchecked"
     conn = redis.Redis.from_url(redis_url)
     assert Queue(TRAINING_QUEUE, connection=conn).finished_job_registry.count == 1  # two clicks, one job
 
     # Roll back through the API: the inference worker serves the old version again.
-    assert client.post("/versions/rollback", json={"version": parent}).get_json() == {"current": parent}
-    assert predict_version(client, images[2][0], images[2][1]) == parent
+    # Rollback is the registry's side: it takes and answers the plain id, while Label Studio sees the marked one.
+    plain = listed["parent"]
+    assert client.post("/versions/rollback", json={"version": plain}).get_json() == {"current": plain}
+    assert predict_version(client, images[2][0], images[2][1]) == parent == f"{plain}+untrained"
     assert client.post("/versions/rollback", json={"version": "nope"}).status_code == 404
 
 
@@ -301,7 +305,8 @@ def test_embedded_mode_trains_in_the_backend_and_refreshes_untouched_prelabels(m
              for i, (url, text, _) in enumerate(images)]
     tasks[2]["annotations"] = [{"id": 3, "result": []}]  # touched by an annotator: its prediction stays
     tasks[3]["predictions"] = []  # never pre-labelled: left to Label Studio
-    predictions = [{"id": i, "task": i, "model_version": old, "result": []} for i in (0, 1, 2, 4, 5)]
+    # As Label Studio stored them from the untrained placeholder's answers (backend/versions.py).
+    predictions = [{"id": i, "task": i, "model_version": f"{old}+untrained", "result": []} for i in (0, 1, 2, 4, 5)]
     serve_project(served, tasks, predictions)
     client = app_client(None, model_dir, base, finetune_steps=3, finetune_batch_size=6, finetune_lr=1e-3,
                         promote_unchecked=True, refresh_prelabels=True, allowed_hosts=("127.0.0.1",))
@@ -312,13 +317,14 @@ def test_embedded_mode_trains_in_the_backend_and_refreshes_untouched_prelabels(m
     info = wait_job(client, first["job_id"])
     new = info["result"]["version"]
     assert info["result"]["promoted"] and (model_dir / "CURRENT").read_text().strip() == new
-    assert client.get("/health").get_json()["model_version"] == new
-    assert predict_version(client, images[0][0], images[0][1]) == new
+    assert client.get("/health").get_json()["model_version"] == f"{new}+unchecked"  # promote_unchecked=True
+    assert predict_version(client, images[0][0], images[0][1]) == f"{new}+unchecked"
     assert info["result"]["prelabels"] == {"tasks": 4, "stored": 4, "failed": 0}
     [(path, stored)] = [(p, b) for p, b in served.posted if "import/predictions" in p]
     assert path == f"/api/projects/{PROJECT}/import/predictions"
     assert sorted(p["task"] for p in stored) == [0, 1, 4, 5]
-    assert {p["model_version"] for p in stored} == {new}
+    assert {p["model_version"] for p in stored} == {f"{new}+unchecked"}
+    assert {p["score"] for p in stored} == {0.0}
     assert start_training(client)["status"] == "queued"  # the finished job no longer holds the project
     wait_job(client, client.get(f"/training/{PROJECT}").get_json()["job_id"])
 

@@ -81,6 +81,7 @@ def test_workers_switch_to_a_promoted_version_without_restart(redis_url, registr
     task = {"id": 1, "data": {"image": f"{base}/cat.png", "text": "the cat"}}
     old = predict(client, [task])["results"][0]["model_version"]
     registry = Registry(model_dir, redis.Redis.from_url(redis_url))
+    assert old == f"{registry.current()}+untrained"  # the session registry's placeholder
     torch.manual_seed(99)
     new = registry.add(SaG(tiny_config())).id
     registry.promote(new)
@@ -119,7 +120,7 @@ def test_a_sigkilled_workers_job_runs_again_on_another_worker(redis_url, registr
     assert done.worker_name != victim_name
     assert outcome.answers == done.return_value()
     assert [("result" in a, a.get("model_version")) for a in outcome.answers] == [
-        (True, Registry(registry_dir).current())] * 2
+        (True, f"{Registry(registry_dir).current()}+untrained")] * 2
     assert done.retries_left == 1  # one retry was spent on the killed run
     assert Queue(INFERENCE_QUEUE, connection=conn).failed_job_registry.count == 0
 
