@@ -59,7 +59,7 @@ class TrainConfig:
     # Keep the whole image side fixed: backbone, entity discovery and the reconstruction decoder. Then only the text
     # side and the fusion train, on C^3 alone (the reconstruction loss reaches nothing but the image side), and each
     # image's entities are computed once (eval mode: deterministic slots) and kept in memory. A step then costs the
-    # text encoder and the fusion: on 2 CPU cores about 1.5 s instead of 30-45 s with the default model's
+    # text encoder and the fusion: on 2 CPU cores about 0.7 s instead of 30-45 s with the default model's
     # paper-size heads (bench/README.md, "Start Training"). Implies freeze_image_backbone; needs a feature_cache.
     freeze_image_side: bool = False
     time_budget_s: float | None = None  # stop (validating and checkpointing) once this much wall time has passed

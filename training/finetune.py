@@ -88,7 +88,7 @@ class FinetuneConfig:
     feature_cache: bool = True  # used only with freeze_image_backbone
     # Keep the whole image side fixed (backbone, entity discovery, reconstruction decoder; training.engine's
     # TrainConfig.freeze_image_side): each image's entities are computed once, and a step trains the text side and
-    # the fusion on C^3, about 1.5 s on 2 CPU cores with the default model instead of 30-45 s.
+    # the fusion on C^3, about 0.7 s on 2 CPU cores with the default model instead of 30-45 s.
     freeze_image_side: bool = True
     # Mask refinement (sag.refine) the validation masks are scored with: the one the backend serves, so promotion
     # judges the masks annotators get. None: the checkpoint's own ``mask_refine``.
