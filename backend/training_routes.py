@@ -22,6 +22,7 @@ from .exceptions import BadRequest
 from .http_input import json_type, parse_json_object, require_json
 from .runtime import Runtime
 from .training_service import TrainingService
+from .versions import registry_id
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def training_blueprint(runtime: Runtime, training: TrainingService) -> Blueprint
         version = json_body().get("version")
         if version is not None and not isinstance(version, str):
             raise BadRequest(f"'version' must be a version id string, got {json_type(version)}")
+        if version is not None:
+            version = registry_id(version)  # as copied from Label Studio, "+untrained" and all
         try:
             served = runtime.registry.rollback(version)
         except RegistryError as exc:  # its messages name version ids, never the registry's directory

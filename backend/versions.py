@@ -45,6 +45,13 @@ def label_studio_version(version_id: str, metadata: Mapping[str, Any]) -> str:
     return f"{version_id}{SEPARATOR}{kind}" if kind else version_id
 
 
+def registry_id(version: str) -> str:
+    """The registry id of a ``model_version`` as Label Studio shows it: ``"<id>+untrained"`` -> ``"<id>"`` (an
+    operator copying the version from Label Studio's data manager); any other string is returned as it is."""
+    base, sep, kind = version.rpartition(SEPARATOR)
+    return base if sep and kind in (UNTRAINED, UNCHECKED) else version
+
+
 def served_version(registry: Registry, version_id: str | None = None) -> str | None:
     """:func:`label_studio_version` of ``version_id`` (default: the registry's serving version); ``None`` when
     nothing is served yet."""

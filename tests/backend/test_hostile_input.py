@@ -128,6 +128,11 @@ def test_a_rollback_body_that_is_not_json_rolls_nothing_back(model_dir):
     # No version (an empty JSON body, or {}) means the previously promoted version, as documented.
     assert client.post("/versions/rollback", content_type="application/json").get_json()["current"] != before
     assert client.post("/versions/rollback", json={}).get_json()["current"] == before
+    # The version as Label Studio shows it names the same one: the session registry's first, untrained, model.
+    [first] = [v.id for v in Registry(model_dir).versions() if v.id != before]
+    shown = f"{first}+untrained"
+    assert client.post("/versions/rollback", json={"version": shown}).get_json() == {"current": first}
+    assert client.get("/health").get_json()["model_version"] == shown
 
 
 # What an HTML form on another site can send: its three encodings, with and without a body (a form with no fields

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from backend.prelabel_refresh import stale_tasks
-from backend.versions import is_placeholder, label_studio_version, served_version
+from backend.versions import is_placeholder, label_studio_version, registry_id, served_version
 from sag import SaG, tiny_config
 from training.registry import Registry
 
@@ -46,3 +46,10 @@ def test_prelabels_of_the_marked_version_are_not_stale():
     tasks = [{"id": 1}, {"id": 2}]
     predictions = [{"task": 1, "model_version": "v2+unchecked"}, {"task": 2, "model_version": "v1+untrained"}]
     assert [t["id"] for t in stale_tasks(tasks, predictions, "v2+unchecked")] == [2]
+
+
+def test_a_version_copied_from_label_studio_names_its_registry_id():
+    assert registry_id("20261203T080604Z-1fe4ff51+untrained") == "20261203T080604Z-1fe4ff51"
+    assert registry_id("20261203T080604Z-1fe4ff51+unchecked") == "20261203T080604Z-1fe4ff51"
+    assert registry_id("20261203T080604Z-1fe4ff51") == "20261203T080604Z-1fe4ff51"
+    assert registry_id("v1+other") == "v1+other"  # only the backend's own marks are removed
