@@ -83,6 +83,13 @@ def _object_mask(obj: SceneObject, side: int) -> np.ndarray:
     return np.asarray(canvas) > 127
 
 
+def _stripes(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Sine stripes in [-1, 1] at a random angle and a random frequency in [low, high) per image side (the angle is
+    drawn first: the generators' random streams depend on it)."""
+    theta, freq = rng.uniform(0, math.pi), rng.uniform(low, high)
+    return np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)))
+
+
 def _background(rng: np.random.Generator, side: int) -> np.ndarray:
     """A low-saturation background: noise, stripes, checks or a gradient, with pixel noise on top."""
     base = rng.uniform(90, 200) + rng.uniform(-20, 20, size=3)
@@ -91,8 +98,7 @@ def _background(rng: np.random.Generator, side: int) -> np.ndarray:
     if style == 0:
         pattern = np.zeros((side, side), np.float32)
     elif style == 1:
-        theta, freq = rng.uniform(0, math.pi), rng.uniform(4, 12)
-        pattern = np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)))
+        pattern = _stripes(rng, xx, yy, 4, 12)
     elif style == 2:
         cells = rng.integers(4, 10)
         pattern = ((np.floor(xx * cells) + np.floor(yy * cells)) % 2) * 2 - 1
@@ -136,8 +142,7 @@ def _shift_background(rng: np.random.Generator, side: int) -> np.ndarray:
         cx, cy, freq = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(6, 14)
         pattern = np.sin(2 * math.pi * freq * np.hypot(xx - cx, yy - cy))
     elif style == 2:  # fine stripes
-        theta, freq = rng.uniform(0, math.pi), rng.uniform(14, 24)
-        pattern = np.sign(np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta))))
+        pattern = np.sign(_stripes(rng, xx, yy, 14, 24))
     else:  # blotches: coarse noise, upsampled smoothly
         coarse = rng.uniform(-1, 1, (5, 5)).astype(np.float32)
         pattern = np.asarray(Image.fromarray(coarse).resize((side, side), Image.BICUBIC))
@@ -160,8 +165,7 @@ def _draw_shift(objs: list[SceneObject], rng: np.random.Generator, side: int,
         if style == 0:
             texture = np.zeros((side, side), np.float32)
         elif style == 1:
-            theta, freq = rng.uniform(0, math.pi), rng.uniform(10, 18)
-            texture = np.sin(2 * math.pi * freq * (xx * math.cos(theta) + yy * math.sin(theta)))
+            texture = _stripes(rng, xx, yy, 10, 18)
         else:
             texture = 1 - 2 * np.clip(np.hypot(xx - obj.x, yy - obj.y) / obj.radius, 0, 1)
         image[mask] = colour[None, :] + 20 * texture[mask][:, None]
