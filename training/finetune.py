@@ -36,7 +36,7 @@ from .datasets.base import ImageLoader, ReferringDataset
 from .datasets.label_studio import label_studio_expressions
 from .exceptions import FinetuneError
 from .registry import Registry
-from .retrieval import RetrievalScores, hold_out, retrieval_scores
+from .retrieval import RetrievalScores, heldout_entities, hold_out, retrieval_scores
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +194,6 @@ def project_data(tasks: Sequence[dict[str, Any]], image_field: str, text_fields:
     """
     expressions, skipped = [], []
     for done, task in enumerate(tasks, 1):
-        if progress is not None and done > 1:
-            progress(done - 1, len(tasks))
         task_id = task.get("id") if isinstance(task, dict) else "?"
         try:
             found = label_studio_expressions([task], image_field, text_fields)
@@ -203,10 +201,10 @@ def project_data(tasks: Sequence[dict[str, Any]], image_field: str, text_fields:
                 image_loader(image)
         except Exception as exc:  # any loader's error (missing file, HTTP, refused address) skips just this task
             skipped.append(f"task {task_id}: {exc}")
-            continue
-        expressions += found
-    if progress is not None and tasks:
-        progress(len(tasks), len(tasks))
+        else:
+            expressions += found
+        if progress is not None:
+            progress(done, len(tasks))
     for reason in skipped:
         log.warning("fine-tune: skipping %s", reason)
     unique = {}
@@ -339,8 +337,13 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
         serving_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine,
                                         config.spatial_words)
         log.info("fine-tune: serving version %s scores mIoU %.4f on the validation masks", parent, serving_miou)
+    # With the image side fixed, the candidate sees the held-out images exactly as the serving version does: their
+    # entities are computed (and their files read) once, not again after training.
+    fixed_entities = None
     if heldout is not None:
-        serving_retrieval = retrieval_scores(model, heldout, config.eval_batch_size)
+        if config.freeze_image_side:
+            fixed_entities = heldout_entities(model, heldout, config.eval_batch_size)
+        serving_retrieval = retrieval_scores(model, heldout, config.eval_batch_size, fixed_entities)
         log.info("fine-tune: serving version %s: held-out retrieval %s", parent, serving_retrieval.to_dict())
 
     from .engine import Trainer, TrainConfig
@@ -372,13 +375,12 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
 
     def on_step(step: int, total: int, loss: float) -> None:
         last_loss[:] = [loss]
-        now = time.monotonic()
         if not first:
-            first.append((step, now))
-        done, since = step - first[0][0], now - first[0][1]
+            first.append((step, time.monotonic()))
         # Estimated from the steps of this run after the first (which pays for loading and the cache).
-        eta_s = round(since / done * (total - step)) if done > 0 else None
-        report({"stage": "training", "step": step, "total": total, "loss": loss, "eta_s": eta_s})
+        start, since = first[0]
+        report({"stage": "training", "step": step, "total": total, "loss": loss,
+                "eta_s": eta_seconds(step - start, total - start, since)})
 
     report({"stage": "training", "step": 0, "total": steps, "loss": None, "eta_s": None})
     trainer.progress = on_step
@@ -391,7 +393,7 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
         candidate_miou = validation_miou(model, data.validation, config.eval_batch_size, config.mask_refine,
                                         config.spatial_words)
     if heldout is not None:
-        candidate_retrieval = retrieval_scores(model, heldout, config.eval_batch_size)
+        candidate_retrieval = retrieval_scores(model, heldout, config.eval_batch_size, fixed_entities)
         log.info("fine-tune: candidate: held-out retrieval %s", candidate_retrieval.to_dict())
     retrieval = (candidate_retrieval, serving_retrieval) if heldout is not None else None
     decision = promotion_decision(candidate_miou, serving_miou, config.tolerance, data.validation_size,

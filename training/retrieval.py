@@ -75,18 +75,36 @@ def hold_out(pairs: ReferringDataset, fraction: float, minimum: int, maximum: in
     return pairs.subset(keep), pairs.subset(sorted(held))
 
 
+def _images(heldout: ReferringDataset) -> list[str]:
+    return sorted({expr.image for expr in heldout.expressions})
+
+
 @torch.no_grad()
-def retrieval_scores(model: SaG, heldout: ReferringDataset, batch_size: int = 64) -> RetrievalScores:
-    """Text-to-image retrieval of ``model`` (put in eval mode) among the held-out images, as C^3 scores a pair:
-    <z_ij, x^T_j> for text j fused with image i (sag/losses.py), every text against every held-out image."""
+def heldout_entities(model: SaG, heldout: ReferringDataset, batch_size: int = 64) -> torch.Tensor:
+    """Entities (I, K, D) of the I held-out images (``model`` put in eval mode), in the order
+    :func:`retrieval_scores` expects: computed once, they serve the serving version and a candidate whose image side
+    was kept fixed alike."""
     model.eval()
-    images = sorted({expr.image for expr in heldout.expressions})
-    index = {image: i for i, image in enumerate(images)}
+    images = _images(heldout)
     entities = []
     for start in range(0, len(images), batch_size):
         chunk = [heldout.image_loader(path) for path in images[start:start + batch_size]]
         entities.append(model.encode_image(model.preprocess(chunk)).entities)
-    entities = torch.cat(entities)
+    return torch.cat(entities)
+
+
+@torch.no_grad()
+def retrieval_scores(model: SaG, heldout: ReferringDataset, batch_size: int = 64,
+                     entities: torch.Tensor | None = None) -> RetrievalScores:
+    """Text-to-image retrieval of ``model`` (put in eval mode) among the held-out images, as C^3 scores a pair:
+    <z_ij, x^T_j> for text j fused with image i (sag/losses.py), every text against every held-out image.
+    ``entities``: the images' entities from :func:`heldout_entities`, when the image side is known to be this
+    model's (else they are computed)."""
+    if entities is None:
+        entities = heldout_entities(model, heldout, batch_size)
+    model.eval()
+    images = _images(heldout)
+    index = {image: i for i, image in enumerate(images)}
     owners: dict[str, set[int]] = {}  # text -> the held-out images it is paired with
     for expr in heldout.expressions:
         owners.setdefault(expr.text, set()).add(index[expr.image])

@@ -15,7 +15,7 @@ from sag import SaG, tiny_config
 from training.datasets.base import load_image
 from training.finetune import (FINETUNE_RECIPES, FinetuneConfig, FinetuneError, finetune, project_data,
                                promotion_decision)
-from training.retrieval import RetrievalScores, hold_out
+from training.retrieval import RetrievalScores, hold_out, retrieval_scores
 from training.engine import Trainer
 from training.registry import Registry, main
 
@@ -271,6 +271,12 @@ def test_without_masks_a_fine_tune_that_learns_is_promoted_and_a_broken_one_is_n
     _, heldout = hold_out(colour_scenes.pairs, config.heldout_fraction, config.heldout_min_pairs,
                           config.heldout_max_pairs, seed=config.seed)
     assert not set(seen[0]) & {e.image for e in heldout.expressions}  # the trainer never saw a held-out image
+    # the held-out entities were computed once, before training (the image side is fixed): the candidate's own
+    # image side gives the same scores
+    fresh = retrieval_scores(SaG.from_pretrained(registry.get(good.version).path), heldout,
+                             config.eval_batch_size).to_dict()
+    assert fresh["accuracy"] == held["accuracy"] and fresh["rank"] == pytest.approx(held["rank"], abs=2e-4)
+    assert fresh["loss"] == pytest.approx(held["loss"], abs=2e-4)
 
     broken = finetune(registry, colour_scenes, replace(config, steps=20, lr=1.0), tmp_path / "broken")
     assert not broken.promoted and registry.current() == good.version, broken.reason
