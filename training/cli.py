@@ -174,6 +174,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overlays", help="write overlay PNGs (image, prediction, top-3 entities) here")
     parser.add_argument("--overlay-count", type=int, default=20)
     parser.add_argument("--json", help="also write the metrics as JSON here")
+    parser.add_argument("--record", action="store_true",
+                        help="keep the figure (mIoU, cIoU, acc@0.5 of our inference) in the checkpoint's metadata, as "
+                             "benchmark 'synthetic' for --format synthetic, else the format's name; a registry "
+                             "version's synthetic figure is what /health and `sag-models list` show")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also entity quality (mBO), oracle-entity / NNLS mIoU, pointing accuracy and boundary F "
                              "(2 px), overall and per expression kind")
@@ -216,6 +220,17 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                        "refine": args.refine or model.config.mask_refine,
                        "spatial_words": model.config.spatial_words if args.spatial_words is None
                        else args.spatial_words == "on", **report.to_dict()}, fh, indent=2)
+    if args.record:
+        from .figures import SYNTHETIC, make_figure
+        from .registry import record_figure
+
+        benchmark = SYNTHETIC if args.format == "synthetic" else args.format
+        figure = make_figure(report.schemes["ours"], report.count, data.name, "ours", split=args.split,
+                             refine=args.refine or model.config.mask_refine,
+                             spatial_words=model.config.spatial_words if args.spatial_words is None
+                             else args.spatial_words == "on")
+        record_figure(args.checkpoint, benchmark, figure)
+        print(f"\nrecorded as the {benchmark!r} figure in {Path(args.checkpoint) / 'metadata.json'}")
     return 0
 
 

@@ -25,3 +25,7 @@ class RegistryError(Exception):
 
 class FinetuneError(RuntimeError):
     """Fine-tuning cannot start or finish; the message says why and what to do."""
+
+
+class BenchmarkDataError(DatasetError):
+    """A benchmark's data (the real-photo texts file, a photo archive) is missing or not what it should be."""

