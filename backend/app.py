@@ -30,7 +30,7 @@ from .runtime import Runtime, set_runtime
 from .settings import Settings
 from .training_routes import training_blueprint
 from .training_service import TrainingService
-from .versions import served_version
+from .versions import served_figures, served_version
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
         info: dict[str, Any] = {"status": "UP", "model_class": SaGModel.__name__,
                                 "mode": "embedded" if settings.embedded else "redis"}
         try:
-            info["model_version"] = served_version(runtime.registry)  # "+untrained" etc. for placeholders
+            current = runtime.registry.current()
+            info["model_version"] = served_version(runtime.registry, current)  # "+untrained" etc. for placeholders
+            info["figures"] = served_figures(runtime.registry, current)  # last measured (metadata), or "not measured"
             info["workers"] = dispatcher.workers()
         except RedisError as exc:
             return jsonify(status="DOWN", detail=f"Redis is unreachable: {type(exc).__name__}"), 503

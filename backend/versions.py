@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from training.figures import figures
 from training.registry import Registry
 
 UNTRAINED = "untrained"
@@ -59,3 +60,13 @@ def served_version(registry: Registry, version_id: str | None = None) -> str | N
     if version_id is None:
         return None
     return label_studio_version(version_id, registry.get(version_id).metadata)
+
+
+def served_figures(registry: Registry, version_id: str | None = None) -> dict[str, Any]:
+    """The last measured figures of ``version_id`` (default: the serving version), read from its metadata (no
+    evaluation): {"synthetic": {...} | "not measured", "real_photos": {...} | "not measured"}
+    (:func:`training.figures.figures`); every benchmark "not measured" when nothing is served yet."""
+    version_id = registry.current() if version_id is None else version_id
+    if version_id is None:
+        return figures({})
+    return figures(registry.get(version_id).metadata)

@@ -99,6 +99,26 @@ def test_an_untrained_version_scores_zero_and_says_so_everywhere_label_studio_lo
     assert client.get("/versions").get_json()["current"] == version
 
 
+def test_health_shows_the_serving_versions_last_measured_figures(model_dir):
+    """/health reads the serving version's recorded figures from its metadata (training/figures.py): "not measured"
+    until a benchmark records one, then that record, and a promotion switches to the new version's figures."""
+    from training.figures import make_figure
+
+    client = make_client(model_dir)
+    registry = Registry(model_dir)
+    first = registry.current()
+    assert client.get("/health").get_json()["figures"] == {"synthetic": "not measured",
+                                                             "real_photos": "not measured"}
+    figure = make_figure({"mIoU": 0.21, "cIoU": 0.25, "acc@0.5": 0.08}, 74, "data-sha", "served", photos=8)
+    registry.record_figure(first, "real_photos", figure)
+    shown = client.get("/health").get_json()["figures"]
+    assert shown == {"synthetic": "not measured", "real_photos": figure}
+    torch.manual_seed(3)
+    second = registry.add(SaG(tiny_config()), {"trained": True}).id
+    registry.promote(second)
+    assert client.get("/health").get_json()["figures"]["real_photos"] == "not measured"
+
+
 def test_a_trained_version_scores_each_mask_by_its_estimated_iou(model_dir, http_server, photos):
     """A version whose metadata says it was trained keeps its plain id, and each region's score is
     sag.confidence.mask_confidence of the model's own segmentation of that text; the task's score is their mean."""
