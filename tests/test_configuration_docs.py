@@ -138,6 +138,17 @@ def test_every_variable_name_in_a_settings_module_is_a_read(module):
     assert not unread, f"{module} holds {sorted(unread)} but the walker finds no read of them"
 
 
+def test_no_other_package_module_reads_the_environment():
+    """A variable read outside the settings modules would escape the page; the packages keep them in one place."""
+    readers = {}
+    for package in ("backend", "training", "sag"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative not in SETTINGS_MODULES and python_reads(path, env_name=None):
+                readers[relative] = sorted(python_reads(path, env_name=None))
+    assert not readers, f"read the environment outside {SETTINGS_MODULES}: {readers}"
+
+
 def test_the_walker_sees_each_form_of_read(tmp_path):
     """The forms the settings modules use, so that a renamed variable is seen under its new name."""
     module = tmp_path / "m.py"
