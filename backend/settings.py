@@ -173,7 +173,7 @@ def parse_allowed_hosts(entries: Iterable[str], name: str = "SAG_ALLOWED_HOSTS")
 
 @dataclass(frozen=True)
 class Settings:
-    """The backend's configuration. Build it with :meth:`from_env`; the README's table lists every variable."""
+    """The backend's configuration. Build it with :meth:`from_env`; docs/configuration.md lists every variable."""
 
     # Serving.
     host: str = "0.0.0.0"

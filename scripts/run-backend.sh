@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the Label Studio ML backend on a fresh machine: install into .venv (scripts/bootstrap.sh), then serve on
 # port 9090 in embedded mode (jobs run in-process, no Redis). The first start creates an initial, untrained model
-# version in ./models. Override any variable from the README's Configuration table, e.g. PORT=9191.
+# version in ./models. Override any variable of docs/configuration.md, e.g. PORT=9191.
 # LOCAL_FILES_DOCUMENT_ROOT defaults to the folder scripts/label-studio.sh serves local files from, so the backend
 # reads the demo's /data/local-files/ images straight from disk, without Label Studio's URL or token.
 set -euo pipefail

@@ -261,7 +261,7 @@ def test_killing_the_trainer_mid_job_leaves_the_serving_version_intact_and_the_j
     assert result["promoted"] and result["steps"] == 240 and result["parent"] == parent
     trainer_log = (tmp_path / "trainer-1.log").read_text()
     assert "resuming the interrupted run" in trainer_log
-    # the phases a user follows in the trainer's log (README, "Start Training")
+    # the phases a user follows in the trainer's log (docs/fine-tuning.md, "Progress")
     for phase in ("fetching images 6/6", "caching image features", "training 240/240", "promoted"):
         assert f"training project {PROJECT}: {phase}" in trainer_log, phase
     assert registry.current() == result["version"]
