@@ -34,7 +34,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from urllib3.util import connection as urllib3_connection
 
 from .exceptions import BlockedAddressError, ImageError, LabelStudioError, NameLookupTimeout
-from .ls_client import LabelStudioClient
+from .labelstudio.client import LabelStudioClient
 from .settings import AllowedDestination, Settings, parse_allowed_hosts
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from backend.app import create_app
 from backend.dispatch import EmbeddedDispatcher
 from backend.exceptions import ImageError, SettingsError
 from backend.images import LOOKUP_THREADS, AddressPolicy, ImageFetcher
-from backend.ls_client import LabelStudioClient
+from backend.labelstudio.client import LabelStudioClient
 from backend.settings import Settings, parse_allowed_hosts
 
 from .conftest import LABEL_CONFIG, png_bytes
