@@ -24,7 +24,8 @@ checks both rules):
     predictor         the model in a worker: loads the serving version, entity cache, batched inference -> regions
     batches           progress of bulk batches and per-task claims (Redis, or memory in embedded mode)
     presets           initial model presets: the first version on an empty registry (``SAG_INIT_PRESET``)
-    images            fetching task images safely (SSRF guard, deadlines, size limits) and decoding them
+    images            task images: what an image reference means, size limits, decoding
+    transport         the SSRF-guarded HTTP transport images are downloaded through (address checks, deadlines)
 
   labelstudio/: Label Studio's API client, labelling configs, label words, result encoding (its own module map)
 

@@ -38,7 +38,7 @@ BACKEND_LAYERS: tuple[tuple[str, frozenset[str] | str], ...] = (
     ("backend.labelstudio", "backend.labelstudio"),
     ("the serving path", frozenset({"backend.predictions", "backend.dispatch", "backend.jobs", "backend.liveness",
                                     "backend.runtime", "backend.predictor", "backend.batches", "backend.presets",
-                                    "backend.images"})),
+                                    "backend.images", "backend.transport"})),
     ("the HTTP boundary", frozenset({"backend.http_input"})),
     ("backend.finetune", "backend.finetune"),
     ("the entry points", frozenset({"backend", "backend.app", "backend.worker", "backend.model",
