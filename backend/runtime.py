@@ -40,7 +40,7 @@ class Runtime:
             return None
         # Timeouts, so a Redis that stops answering (rather than refusing connections) gives a RedisError, which the
         # app answers with 503, instead of hanging the request: no command of ours blocks for longer than
-        # dispatch.RESULT_BLOCK_S (XREAD) or training_queues.LOCK_WAIT_S.
+        # dispatch.RESULT_BLOCK_S (XREAD) or finetune.queues.LOCK_WAIT_S.
         return Redis.from_url(self.settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
                               socket_timeout=REDIS_SOCKET_TIMEOUT_S)
 
