@@ -20,6 +20,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from . import redact
 from .dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
 from .exceptions import BadRequest, LabelConfigError, SettingsError, TrainingUnavailable, UnsupportedMediaType
+from .finetune.routes import training_blueprint
+from .finetune.service import TrainingService
 from .http_input import (MAX_BODY_BYTES, MAX_JSON_DEPTH, DrainingChannel, body_too_large, json_too_deep,
                          optional_string, parse_json_object, prompt_context, require_json, with_reason)
 from .jobs import worker_stats
@@ -28,8 +30,6 @@ from .model import TRAIN_EVENTS, SaGModel, project_id_of
 from .predictions import PredictionService
 from .runtime import Runtime, set_runtime
 from .settings import Settings
-from .training_routes import training_blueprint
-from .training_service import TrainingService
 from .versions import served_figures, served_version
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Caches bounded in bytes: one thread-safe LRU (:class:`LRUCache`), used for the entity cache of inference
 (:class:`EntityCache`: each image's SaG image side and, when masks are refined, its decoded pixels, keyed by (image
 content hash, model version)) and for the image bytes a training job reads once per epoch
-(:mod:`backend.training_jobs`).
+(:mod:`backend.finetune.job`).
 
 An entity cache entry is a pure function of its key, so keeping it per process is safe: a new model version simply
 misses.

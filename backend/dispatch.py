@@ -23,8 +23,8 @@ from rq.results import Result
 from .exceptions import last_line
 from .jobs import PredictJob, on_predict_job_failure, run_predict_job
 from .keys import INFERENCE_QUEUE, PREDICT_FAILURE_TTL, PREDICT_RESULT_TTL
+from .liveness import live_workers
 from .settings import Settings
-from .worker import live_workers
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class RQDispatcher:
                              "ask again later")
 
     def workers(self) -> int:
-        """Live workers on the inference queue (recent heartbeat; see :func:`backend.worker.live_workers`)."""
+        """Live workers on the inference queue (recent heartbeat; see :func:`backend.liveness.live_workers`)."""
         return len(live_workers(self.queue, self.settings.worker_heartbeat))
 
     def stats(self) -> dict[str, Any]:

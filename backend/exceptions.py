@@ -1,4 +1,5 @@
-"""Every exception type of the backend, and how a stored traceback is summed up in one line.
+"""Every exception type of the backend, and two helpers for messages: a stored traceback summed up in one line
+(:func:`last_line`) and the JSON name of a value's type (:func:`json_type`, for request checks on every layer).
 
 Messages are written for the person who reads them (an annotator in Label Studio, an admin in the log): they say
 what is wrong and what to set, and never carry credentials. Errors from below are ``training``'s
@@ -6,6 +7,8 @@ what is wrong and what to set, and never carry credentials. Errors from below ar
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from training.exceptions import SettingsError as _TrainingSettingsError
 
@@ -69,7 +72,26 @@ class JobFailed(RuntimeError):
     so that what RQ stores in Redis (the job's exc_info, its result stream) holds no secret."""
 
 
+# ---- messages -------------------------------------------------------------------------------------------------------
 def last_line(traceback_text: str | None, default: str = "no details") -> str:
     """The last non-blank line of a traceback (the exception and its message), or ``default`` when there is none."""
     lines = [line for line in (traceback_text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else default
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type ("an array", "a number", ...), for error messages (the value itself is not
+    echoed: it may be huge)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -18,7 +18,7 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.utilities import RequestEntityTooLarge
 
-from .exceptions import BadRequest, UnsupportedMediaType
+from .exceptions import BadRequest, UnsupportedMediaType, json_type
 
 log = logging.getLogger(__name__)
 
@@ -189,21 +189,3 @@ def prompt_context(payload: dict[str, Any]) -> dict[str, Any] | None:
         if value is not None and not isinstance(value, dict):
             raise BadRequest(f"'params.context.result[{index}].value' must be an object, got {json_type(value)}")
     return context
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of ``value``'s type ("an array", "a number", ...), for error messages (the value itself is not
-    echoed: it may be huge)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

@@ -20,8 +20,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import get_current_job
 
 from .keys import WORKER_STATS_PATTERN, WORKER_STATS_TTL, worker_stats_key
+from .labelstudio.results import prediction_records
 from .predictor import OutputSpec, TaskInput
-from .results import prediction_records
 from .runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,10 @@ def run_predict_job(job: PredictJob) -> list[dict[str, Any]]:
 
     A Label Studio write failure raises, so the queue retries the job. Every step may run more than once (a retry
     after a failure, a worker killed mid-job, a Redis outage) and converges to one effect: the write-back stores one
-    prediction per task and model version (:meth:`~backend.ls_client.LabelStudioClient.import_predictions_once`),
-    the batch counts each job once (keyed by the RQ job id), and releasing claims is idempotent. The Redis writes
-    after the Label Studio write wait out a Redis outage (up to ``REDIS_WAIT_S``) instead of failing the job.
+    prediction per task and model version
+    (:meth:`~backend.labelstudio.client.LabelStudioClient.import_predictions_once`), the batch counts each job once
+    (keyed by the RQ job id), and releasing claims is idempotent. The Redis writes after the Label Studio write wait
+    out a Redis outage (up to ``REDIS_WAIT_S``) instead of failing the job.
     """
     runtime = get_runtime()
     rq_job = get_current_job()

@@ -5,7 +5,7 @@ Each key family has one function that builds its keys, so the HTTP process, the 
 keys. Every key starts with ``sag:``. RQ's own keys (jobs, queues, worker hashes, result streams) are RQ's business;
 the one field the backend adds to a worker's hash is :data:`LIVENESS_FIELD`. In embedded mode (no ``REDIS_URL``)
 none of these keys exist: the same state is kept in memory (:class:`backend.batches.MemoryBatchStore`,
-:class:`backend.training_queues.EmbeddedTrainingQueue`, :class:`backend.training_service.TrainingService`).
+:class:`backend.finetune.queues.EmbeddedTrainingQueue`, :class:`backend.finetune.service.TrainingService`).
 
 The serving model version is the key ``sag:model:current`` (promotion history: the list ``sag:model:history``);
 those two are built in :mod:`training.registry` (``REDIS_PREFIX``), because ``training`` cannot import ``backend``.
@@ -20,7 +20,7 @@ INFERENCE_QUEUE = "sag:inference"
 """Prediction jobs (:func:`backend.jobs.run_predict_job`), run by ``sag-worker --queues inference``."""
 
 TRAINING_QUEUE = "sag:training"
-"""Fine-tuning jobs (:func:`backend.training_jobs.run_training_job`), run by ``sag-worker --queues training``."""
+"""Fine-tuning jobs (:func:`backend.finetune.job.run_training_job`), run by ``sag-worker --queues training``."""
 
 # ---- prediction jobs (backend.dispatch) -----------------------------------------------------------------------------
 PREDICT_RESULT_TTL = 3600
@@ -57,7 +57,7 @@ def claim_ttl(job_timeout: int) -> int:
     return job_timeout * CLAIM_TTL_JOB_TIMEOUTS
 
 
-# ---- workers (backend.jobs, backend.worker) -------------------------------------------------------------------------
+# ---- workers (backend.jobs, backend.worker, backend.liveness) -------------------------------------------------------
 WORKER_STATS_TTL = 3600
 """Seconds a worker's published counters stay after its last job (``/metrics`` lists what is there)."""
 
@@ -73,7 +73,7 @@ def worker_stats_key(worker: str) -> str:
 WORKER_STATS_PATTERN = worker_stats_key("*")
 """``SCAN`` pattern of every :func:`worker_stats_key`."""
 
-# ---- fine-tuning (backend.training_queues, backend.training_service) ------------------------------------------------
+# ---- fine-tuning (backend.finetune.queues, backend.finetune.service) ------------------------------------------------
 TRAINING_KEEP_S = 30 * DAY_S
 """Seconds RQ keeps a training job's result or failure, and the :data:`TRAINING_JOB` key names it."""
 

@@ -5,7 +5,7 @@ As there, an instance is made per request and is cheap: ``create_app`` builds th
 label-studio-ml's ``init_app(model_class=...)`` does) and hands them to each instance. The SaG weights live in the
 worker processes (or, in embedded mode, in this process's runtime), and the serving version is read from the registry
 on every call. Predicting is :class:`backend.predictions.PredictionService`'s work, fine-tuning
-:class:`backend.training_service.TrainingService`'s.
+:class:`backend.finetune.service.TrainingService`'s.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .exceptions import BadRequest
-from .http_input import json_type
+from .exceptions import BadRequest, json_type
+from .finetune.service import TrainingService
 from .predictions import PredictionService, servable_config
 from .runtime import Runtime
-from .training_service import TrainingService
 from .versions import served_version
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
@@ -80,7 +79,7 @@ class SaGModel:
         """Webhook events, answered at once (Label Studio waits 1 s for annotation events, 100 s for
         START_TRAINING): START_TRAINING queues fine-tuning of the project (one job per project; a second request
         is answered ``already_training``); annotation events feed the periodic trigger (SAG_TRAIN_EVERY_N_ANNOTATIONS,
-        SAG_TRAIN_INTERVAL). See :mod:`backend.training_service`. A START_TRAINING that cannot be queued raises
+        SAG_TRAIN_INTERVAL). See :mod:`backend.finetune.service`. A START_TRAINING that cannot be queued raises
         :class:`~backend.exceptions.TrainingUnavailable`, which the app answers with 503 and the reason."""
         project_id = project_id_of(data.get("project"))
         if project_id is None:

@@ -2,8 +2,8 @@
 accepted ones into :class:`~backend.jobs.PredictJob` chunks, dispatch them, and collect one answer per task.
 
 :meth:`backend.model.SaGModel.predict` (``/predict``) and the pre-label refresh after a promotion
-(:mod:`backend.prelabel_refresh`) both predict through :class:`PredictionService`, so their answers are built by the
-same code. The model itself runs in the jobs (:mod:`backend.jobs`, :mod:`backend.predictor`).
+(:mod:`backend.finetune.prelabel_refresh`) both predict through :class:`PredictionService`, so their answers are built
+by the same code. The model itself runs in the jobs (:mod:`backend.jobs`, :mod:`backend.predictor`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from typing import Any
 
 from .batches import new_batch_id
 from .dispatch import NO_WORKER, Dispatcher
-from .exceptions import LabelConfigError, TaskRejected
-from .http_input import json_type
+from .exceptions import LabelConfigError, TaskRejected, json_type
 from .jobs import PredictJob
 from .keys import claim_ttl, status_url
-from .labeling_config import LabelingConfig, parse_labeling_config
+from .labelstudio.labeling_config import LabelingConfig, parse_labeling_config
 from .predictor import OutputSpec, TaskInput, task_error
 from .runtime import Runtime
 

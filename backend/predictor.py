@@ -24,8 +24,8 @@ from training.registry import Registry
 from .cache import CachedImage, EntityCache
 from .exceptions import ImageError
 from .images import ImageFetcher, decode_image
+from .labelstudio.results import brush_region, polygon_regions
 from .presets import build_initial_model
-from .results import brush_region, polygon_regions
 from .settings import Settings
 from .versions import is_placeholder, label_studio_version
 

@@ -1,7 +1,7 @@
 """The long-lived objects of one process (registry, Label Studio client, image fetcher, predictor), built once.
 
 The HTTP process builds its runtime in ``create_app`` and passes it to everything it serves with; ``sag-worker``
-builds its own at start-up. RQ job functions (:mod:`backend.jobs`, :mod:`backend.training_jobs`) are called with
+builds its own at start-up. RQ job functions (:mod:`backend.jobs`, :mod:`backend.finetune.job`) are called with
 their job's payload only, so they find the runtime through :func:`get_runtime`: this module's ``_runtime`` is the
 backend's one per-process lookup (installed by :func:`set_runtime`), and nothing else should need it. A worker thus
 loads its model once for all jobs.
@@ -19,7 +19,7 @@ from training.registry import Registry
 
 from .batches import BatchStore, MemoryBatchStore, RedisBatchStore
 from .images import ImageFetcher
-from .ls_client import LabelStudioClient
+from .labelstudio.client import LabelStudioClient
 from .predictor import Predictor
 from .presets import build_initial_model
 from .settings import Settings
@@ -40,7 +40,7 @@ class Runtime:
             return None
         # Timeouts, so a Redis that stops answering (rather than refusing connections) gives a RedisError, which the
         # app answers with 503, instead of hanging the request: no command of ours blocks for longer than
-        # dispatch.RESULT_BLOCK_S (XREAD) or training_queues.LOCK_WAIT_S.
+        # dispatch.RESULT_BLOCK_S (XREAD) or finetune.queues.LOCK_WAIT_S.
         return Redis.from_url(self.settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
                               socket_timeout=REDIS_SOCKET_TIMEOUT_S)
 

@@ -20,19 +20,18 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import Queue, SimpleWorker, Worker, worker_registration
+from rq import SimpleWorker
 from rq.exceptions import StopRequested
-from rq.utils import utcparse
 from rq.worker import WorkerStatus
 
 from . import redact
 from .exceptions import SettingsError
 from .keys import INFERENCE_QUEUE, LIVENESS_FIELD, TRAINING_QUEUE
+from .liveness import idle_heartbeat_interval, liveness_window
 from .logs import configure_logging
 from .runtime import Runtime, set_runtime
 from .settings import Settings
@@ -41,51 +40,6 @@ log = logging.getLogger(__name__)
 
 QUEUES = {"inference": INFERENCE_QUEUE, "training": TRAINING_QUEUE}
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)  # BusyLoadingError (Redis reloading its data) is one too
-
-
-def idle_heartbeat_interval(beat: int) -> int:
-    """Seconds an idle worker blocks on the queue between two heartbeats (RQ's ``worker_ttl - 15``)."""
-    return max(5, beat)
-
-
-def liveness_window(beat: int) -> int:
-    """Seconds without a heartbeat after which a worker with heartbeat period ``beat`` counts as dead.
-
-    A live worker beats at least every ``max(idle interval, beat)`` seconds (the job heartbeat thread while busy, the
-    dequeue loop while idle); twice that plus slack for a loaded machine or clock skew between hosts.
-    """
-    return 2 * max(idle_heartbeat_interval(beat), beat) + 5
-
-
-def live_workers(queue: Queue, default_beat: int) -> list[str]:
-    """Names of the workers on ``queue`` that are alive: registered, not dead, heart-beaten recently.
-
-    RQ's ``Worker.count`` counts the queue's registration set, which keeps a SIGKILLed worker until its hash expires
-    and a live worker's maintenance prunes it (with no live worker left, never). Here each registered worker counts
-    only within its ``liveness_window`` after its ``last_heartbeat`` (the window its hash announces, else the one of
-    ``default_beat``). The hashes are read in one pipeline: ``Worker.all`` would build a Worker per entry, and each
-    Worker constructor raises the socket timeout of the connection pool it is given to RQ's dequeue timeout.
-    """
-    keys = sorted(worker_registration.get_keys(queue=queue))
-    if not keys:
-        return []
-    with queue.connection.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hmget(key, "last_heartbeat", "death", LIVENESS_FIELD)
-        rows = pipe.execute()
-    now = datetime.now(timezone.utc)
-    live = []
-    for key, (beat, death, window) in zip(keys, rows):
-        if beat is None or death is not None:
-            continue
-        try:
-            silent = (now - utcparse(beat.decode())).total_seconds()
-            limit = float(window) if window is not None else liveness_window(default_beat)
-        except ValueError:
-            continue
-        if silent <= limit:
-            live.append(key[len(Worker.redis_worker_namespace_prefix):])
-    return live
 
 
 class SaGWorker(SimpleWorker):

@@ -15,7 +15,7 @@ For each N (``--pairs``) and training seed (``--seeds``), the checkpoint goes in
 :class:`~training.registry.Registry` as the serving version, the first N image-text pairs of the shift domain's
 train split become a :class:`~training.finetune.ProjectData` with no masks (a project without corrected masks), and
 :func:`training.finetune.finetune` runs: the button's own code path, with the :class:`~training.finetune.FinetuneConfig`
-the backend builds from its ``SAG_FINETUNE_*`` defaults (:func:`backend.training_jobs.finetune_config`; ``--from-env``
+the backend builds from its ``SAG_FINETUNE_*`` defaults (:func:`backend.finetune.job.finetune_config`; ``--from-env``
 reads this process's environment instead, ``--set FIELD=VALUE`` overrides a field). The candidate version is scored
 whether or not it was promoted.
 
@@ -114,9 +114,9 @@ def train_base(data: Path, runs: Path) -> Path:
 def backend_finetune_config(from_env: bool) -> FinetuneConfig:
     """The FinetuneConfig "Start Training" uses: the backend's builder over its settings (shipped defaults, or this
     process's environment with ``from_env``)."""
+    from backend.finetune.job import finetune_config
     from backend.runtime import Runtime
     from backend.settings import Settings
-    from backend.training_jobs import finetune_config
 
     return finetune_config(Runtime(Settings.from_env(None if from_env else {})))
 

@@ -54,7 +54,7 @@ from PIL import Image
 from rq import Queue, Worker
 
 from backend.keys import INFERENCE_QUEUE
-from backend.ls_client import LabelStudioClient
+from backend.labelstudio.client import LabelStudioClient
 from backend.presets import build_initial_model
 from backend.settings import Settings
 from sag import SaG

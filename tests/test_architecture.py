@@ -9,6 +9,10 @@ SaG`` one to ``sag`` (its ``__init__``).
 - An import that points up (``sag`` -> ``training`` or ``backend``, ``training`` -> ``backend``) fails.
 - A circle between modules of one package fails, unless it is exactly one of ``KNOWN_CYCLES``; an entry that no
   longer matches a circle fails too, so the list only shrinks.
+- Inside ``backend``, layers point down too (``BACKEND_LAYERS``): the entry points, then ``backend.finetune``, the
+  HTTP boundary, the serving path, ``backend.labelstudio`` and the foundation. So ``backend.labelstudio`` imports
+  neither fine-tuning nor serving, and the serving path reaches fine-tuning only through the entry points. Every
+  backend module must be in a layer, and none may import ``backend.training_jobs`` (kept only for queued jobs).
 """
 
 from __future__ import annotations
@@ -22,6 +26,26 @@ LAYERS = ("sag", "training", "backend")  # lowest first: a package may import on
 # Circles that exist today outside backend/, each the exact set of modules of one strongly connected component.
 # To be removed by the sag/training half of the clean-up.
 KNOWN_CYCLES: set[frozenset[str]] = set()
+
+
+# backend/'s layers, lowest first: a module imports only backend modules of its own layer and of those before it. A
+# layer is a set of modules, or a subpackage (every module under it). The serving path does reach fine-tuning, but only
+# at the top: app registers the training routes and builds the TrainingService that model.SaGModel.fit hands Label
+# Studio's webhook events to.
+BACKEND_LAYERS: tuple[tuple[str, frozenset[str] | str], ...] = (
+    ("the foundation", frozenset({"backend.exceptions", "backend.redact", "backend.keys", "backend.settings",
+                                  "backend.logs", "backend.cache", "backend.versions"})),
+    ("backend.labelstudio", "backend.labelstudio"),
+    ("the serving path", frozenset({"backend.predictions", "backend.dispatch", "backend.jobs", "backend.liveness",
+                                    "backend.runtime", "backend.predictor", "backend.batches", "backend.presets",
+                                    "backend.images", "backend.transport"})),
+    ("the HTTP boundary", frozenset({"backend.http_input"})),
+    ("backend.finetune", "backend.finetune"),
+    ("the entry points", frozenset({"backend", "backend.app", "backend.worker", "backend.model",
+                                    "backend.training_jobs"})),
+)
+# Old module paths kept importable only because RQ names them in jobs already queued: nothing may import them.
+RQ_ALIASES = frozenset({"backend.training_jobs"})
 
 
 def _modules() -> dict[str, Path]:
@@ -81,6 +105,41 @@ def upward_imports(graph: dict[str, dict[str, int]]) -> list[str]:
             f"not import {_package(target)}"
             for source, targets in sorted(graph.items()) for target, line in sorted(targets.items())
             if rank[_package(target)] > rank[_package(source)]]
+
+
+def backend_layer(module: str) -> int | None:
+    """The index in ``BACKEND_LAYERS`` of a backend module's layer, or None when it is in none."""
+    for index, (_, members) in enumerate(BACKEND_LAYERS):
+        if module in members if isinstance(members, frozenset) else (module == members
+                                                                     or module.startswith(members + ".")):
+            return index
+    return None
+
+
+def backend_layer_violations(graph: dict[str, dict[str, int]]) -> list[str]:
+    """Every backend module outside the layers, every import of a higher backend layer, and every import of an
+    RQ alias, as ``file:line: ...``."""
+    modules = _modules()
+    found = []
+    for source in sorted(m for m in graph if _package(m) == "backend"):
+        where = modules[source].relative_to(ROOT)
+        rank = backend_layer(source)
+        if rank is None:
+            found.append(f"{where}: {source} is in no layer of BACKEND_LAYERS (tests/test_architecture.py): add it "
+                         "to the one it belongs to")
+            continue
+        for target, line in sorted(graph[source].items()):
+            if _package(target) != "backend":
+                continue
+            if target in RQ_ALIASES:
+                found.append(f"{where}:{line}: {source} imports {target}, which exists only for RQ jobs queued "
+                             "before a move; import the module it re-exports")
+                continue
+            target_rank = backend_layer(target)
+            if target_rank is not None and target_rank > rank:
+                found.append(f"{where}:{line}: {source} ({BACKEND_LAYERS[rank][0]}) imports {target} "
+                             f"({BACKEND_LAYERS[target_rank][0]}), a layer above it")
+    return found
 
 
 def package_cycles(graph: dict[str, dict[str, int]]) -> list[frozenset[str]]:
@@ -153,6 +212,12 @@ def test_imports_point_down_only():
     assert not violations, "imports that point up (backend -> training -> sag only):\n  " + "\n  ".join(violations)
 
 
+def test_backend_layers_point_down_only():
+    violations = backend_layer_violations(import_graph())
+    assert not violations, ("backend/ imports that break its layers (BACKEND_LAYERS, lowest first: "
+                            + ", ".join(name for name, _ in BACKEND_LAYERS) + "):\n  " + "\n  ".join(violations))
+
+
 def test_no_import_cycle_inside_a_package():
     graph = import_graph()
     new = [c for c in package_cycles(graph) if c not in KNOWN_CYCLES]
@@ -194,3 +259,41 @@ def test_the_checker_sees_every_kind_of_import(tmp_path, monkeypatch):
     assert upward_imports(graph) == ["sag/d.py:1: sag.d imports backend.c, but sag must not import backend"]
     assert describe_cycle(frozenset({"sag.a", "sag.b"}), graph) == (
         "sag.a (sag/a.py:2) -> sag.b (sag/b.py:1) -> sag.a; the circle's modules: sag.a, sag.b")
+
+
+def test_the_backend_layer_check_sees_each_kind_of_break(tmp_path, monkeypatch):
+    """The layer rule itself: Label Studio code importing fine-tuning or serving, serving importing fine-tuning, a
+    module in no layer, and an import of an RQ alias are each reported; imports downward are not."""
+    files = {
+        "sag/__init__.py": "",
+        "training/__init__.py": "",
+        "backend/__init__.py": "",
+        "backend/app.py": "from .finetune import routes\nfrom . import predictions\n",
+        "backend/exceptions.py": "",
+        "backend/predictions.py": "from .labelstudio.client import Client\nfrom .finetune.job import run\n",
+        "backend/labelstudio/__init__.py": "",
+        "backend/labelstudio/client.py": "from ..exceptions import E\nfrom ..predictions import P\n",
+        "backend/labelstudio/results.py": "def f():\n    from backend.finetune import job\n",
+        "backend/finetune/__init__.py": "",
+        "backend/finetune/routes.py": "from .job import run\nfrom ..labelstudio import client\n",
+        "backend/finetune/job.py": "from ..predictions import P\nfrom ..exceptions import E\n",
+        "backend/training_jobs.py": "from .finetune.job import run\n",
+        "backend/stray.py": "",
+        "backend/worker.py": "from .training_jobs import run\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert backend_layer_violations(import_graph()) == [
+        "backend/labelstudio/client.py:2: backend.labelstudio.client (backend.labelstudio) imports "
+        "backend.predictions (the serving path), a layer above it",
+        "backend/labelstudio/results.py:2: backend.labelstudio.results (backend.labelstudio) imports "
+        "backend.finetune.job (backend.finetune), a layer above it",
+        "backend/predictions.py:2: backend.predictions (the serving path) imports backend.finetune.job "
+        "(backend.finetune), a layer above it",
+        "backend/stray.py: backend.stray is in no layer of BACKEND_LAYERS (tests/test_architecture.py): add it to "
+        "the one it belongs to",
+        "backend/worker.py:1: backend.worker imports backend.training_jobs, which exists only for RQ jobs queued "
+        "before a move; import the module it re-exports",
+    ]

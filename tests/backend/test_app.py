@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from backend.app import create_app
-from backend.results import rle_to_mask
+from backend.labelstudio.results import rle_to_mask
 from backend.exceptions import SettingsError
 from backend.settings import Settings
 from sag import SaG, tiny_config
@@ -67,7 +67,7 @@ def test_predict_returns_brush_rle_equal_to_the_model_mask(model_dir, http_serve
         spatial=Settings().spatial_words,  # and reads spatial words (SAG_SPATIAL_WORDS, default on)
     )
     regions = results[0]["result"] + results[1]["result"]
-    # "astronaut" is a predicted value of Person; a cup and a spoon are objects (backend/label_words.py).
+    # "astronaut" is a predicted value of Person; a cup and a spoon are objects (backend/labelstudio/label_words.py).
     assert [r["value"]["brushlabels"] for r in regions] == [["Person"], ["Object"], ["Object"]]
     for region, seg, photo in zip(regions, expected, ["astronaut", "coffee", "coffee"]):
         height, width = photos[photo].shape[:2]

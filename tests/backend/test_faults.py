@@ -28,10 +28,10 @@ from backend.dispatch import NO_WORKER, RQDispatcher
 from backend.exceptions import LabelStudioError
 from backend.jobs import PredictJob
 from backend.keys import INFERENCE_QUEUE
-from backend.ls_client import LabelStudioClient
+from backend.labelstudio.client import LabelStudioClient
+from backend.liveness import live_workers, liveness_window
 from backend.predictor import OutputSpec, TaskInput
 from backend.settings import Settings
-from backend.worker import live_workers, liveness_window
 from training.registry import Registry
 
 from .conftest import LABEL_CONFIG, png_bytes, stop_processes, wait_for

@@ -37,9 +37,9 @@ from backend.dispatch import EmbeddedDispatcher
 from backend.exceptions import LabelConfigError, LabelStudioError, SettingsError
 from backend.http_input import MAX_BODY_BYTES, MAX_DRAIN_BYTES, MAX_JSON_DEPTH, json_too_deep
 from backend.keys import TRAINING_QUEUE
-from backend.labeling_config import parse_labeling_config
+from backend.labelstudio.client import LabelStudioClient
+from backend.labelstudio.labeling_config import parse_labeling_config
 from backend.logs import RedactSecrets
-from backend.ls_client import LabelStudioClient
 from backend.settings import Settings
 from sag import SaG, tiny_config
 from training.registry import Registry

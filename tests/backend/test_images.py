@@ -13,7 +13,7 @@ from PIL import Image
 
 from backend.exceptions import ImageError
 from backend.images import ImageFetcher, decode_image
-from backend.ls_client import LabelStudioClient
+from backend.labelstudio.client import LabelStudioClient
 from backend.settings import Settings
 
 from .conftest import png_bytes

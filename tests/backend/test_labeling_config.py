@@ -1,4 +1,4 @@
-"""Labelling-config checks (backend/labeling_config.py)."""
+"""Labelling-config checks (backend/labelstudio/labeling_config.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from backend.exceptions import LabelConfigError
-from backend.labeling_config import parse_labeling_config
+from backend.labelstudio.labeling_config import parse_labeling_config
 
 from .conftest import LABEL_CONFIG
 

@@ -1,4 +1,4 @@
-"""Brush RLE and polygons (backend/results.py)."""
+"""Brush RLE and polygons (backend/labelstudio/results.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from backend.results import brush_region, mask_polygons, mask_to_rle, polygon_regions, rle_to_mask
+from backend.labelstudio.results import brush_region, mask_polygons, mask_to_rle, polygon_regions, rle_to_mask
 
 
 def test_brush_region_round_trips_an_irregular_mask_pixel_for_pixel():

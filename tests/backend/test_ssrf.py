@@ -1,7 +1,7 @@
-"""SSRF and slow-server defences of backend/images.py and the embedded dispatcher, against real local sockets:
-destinations (scheme, address, port) instead of host names, SAG_ALLOWED_HOSTS syntax, uniform errors, the download
-deadline against trickling http and https servers and a resolver that does not answer, and a stuck download not
-holding the embedded job slots."""
+"""SSRF and slow-server defences of backend/transport.py (driven through backend/images.py's fetcher) and the
+embedded dispatcher, against real local sockets: destinations (scheme, address, port) instead of host names,
+SAG_ALLOWED_HOSTS syntax, uniform errors, the download deadline against trickling http and https servers and a
+resolver that does not answer, and a stuck download not holding the embedded job slots."""
 
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ from typing import Iterator
 
 import pytest
 
-from backend import images
+from backend import transport
 from backend.app import create_app
 from backend.dispatch import EmbeddedDispatcher
 from backend.exceptions import ImageError, SettingsError
-from backend.images import LOOKUP_THREADS, AddressPolicy, ImageFetcher
-from backend.ls_client import LabelStudioClient
+from backend.images import ImageFetcher
+from backend.labelstudio.client import LabelStudioClient
 from backend.settings import Settings, parse_allowed_hosts
+from backend.transport import LOOKUP_THREADS, AddressPolicy
 
 from .conftest import LABEL_CONFIG, png_bytes
 
@@ -294,14 +295,14 @@ def test_a_trickling_https_server_is_cut_at_the_deadline(trickle, tls_files, mon
     with pytest.raises(ImageError, match="TLS handshake failed"):
         fetcher.fetch(server.url)
     assert not server.requested.is_set()
-    make_session = images._guarded_session
+    make_session = transport._guarded_session
 
     def trusting(pools: dict) -> object:  # the download's own session, trusting only this certificate
         session = make_session(pools)
         session.verify = cert
         return session
 
-    monkeypatch.setattr(images, "_guarded_session", trusting)
+    monkeypatch.setattr(transport, "_guarded_session", trusting)
     started = time.monotonic()
     with pytest.raises(ImageError, match=r"longer than 1\.5 s \(SAG_FETCH_TIMEOUT\)"):
         fetcher.fetch(server.url)
@@ -314,7 +315,7 @@ def test_a_trickling_https_server_is_cut_at_the_deadline(trickle, tls_files, mon
 
 # ---- name lookups within the deadline -----------------------------------------------------------------------------
 class HangingResolver:
-    """Stands in for images.getaddrinfo: a name in ``hang`` gets no answer until the test ends (as when the DNS
+    """Stands in for transport.getaddrinfo: a name in ``hang`` gets no answer until the test ends (as when the DNS
     server does not reply); every other name resolves as usual."""
 
     def __init__(self, real):  # type: ignore[no-untyped-def]
@@ -331,8 +332,8 @@ class HangingResolver:
 
 @pytest.fixture
 def resolver(monkeypatch) -> Iterator[HangingResolver]:
-    stub = HangingResolver(images.getaddrinfo)
-    monkeypatch.setattr(images, "getaddrinfo", stub)
+    stub = HangingResolver(transport.getaddrinfo)
+    monkeypatch.setattr(transport, "getaddrinfo", stub)
     try:
         yield stub
     finally:

@@ -63,7 +63,7 @@ def serve_project(served, tasks: list[dict], predictions: list[dict] | None = No
 
 
 def brush_annotation(mask: np.ndarray, text: str) -> dict:
-    from backend.results import brush_region
+    from backend.labelstudio.results import brush_region
 
     region = brush_region(mask, "Object", "mask", "image", 1.0)
     return {"id": 500, "was_cancelled": False, "result": [
@@ -343,8 +343,8 @@ def test_training_settings_name_the_variable_that_is_wrong():
 
 
 def test_the_button_uses_the_fast_recipe_and_validates_the_served_masks_as_configured():
+    from backend.finetune.job import finetune_config
     from backend.runtime import Runtime
-    from backend.training_jobs import finetune_config
     from training.finetune import FINETUNE_RECIPES
 
     default = finetune_config(Runtime(Settings.from_env({})))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.prelabel_refresh import stale_tasks
+from backend.finetune.prelabel_refresh import stale_tasks
 from backend.versions import is_placeholder, label_studio_version, registry_id, served_version
 from sag import SaG, tiny_config
 from training.registry import Registry

@@ -1,5 +1,6 @@
-"""Exactly-once write-back of bulk predictions (backend/jobs.py, backend/ls_client.py): each task written once, a
-bounded number of Label Studio requests per task, and a job's lookups in flight together rather than one by one.
+"""Exactly-once write-back of bulk predictions (backend/jobs.py, backend/labelstudio/client.py): each task written
+once, a bounded number of Label Studio requests per task, and a job's lookups in flight together rather than one by
+one.
 
 The fake Label Studio is conftest's real local HTTP server; the variants here hold or fail its lookups."""
 
@@ -16,7 +17,7 @@ import pytest
 
 from backend.app import create_app
 from backend.exceptions import LabelStudioError
-from backend.ls_client import LOOKUP_CONCURRENCY, LabelStudioClient
+from backend.labelstudio.client import LOOKUP_CONCURRENCY, LabelStudioClient
 from backend.settings import Settings
 from training.registry import Registry
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
-from backend.results import rle_to_mask
+from backend.labelstudio.results import rle_to_mask
 
 from .conftest import EMAIL, LS_VENV, PASSWORD, ROOT, TOKEN
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import redact
-from .exceptions import LabelStudioError
+from .. import redact
+from ..exceptions import LabelStudioError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 the periodic trigger on annotation events (``SAG_TRAIN_EVERY_N_ANNOTATIONS``, ``SAG_TRAIN_INTERVAL``).
 
 Label Studio waits at most 100 s for the START_TRAINING webhook and 1 s for annotation webhooks, so everything here
-only counts and enqueues (:mod:`backend.training_queues`); the job is :mod:`backend.training_jobs`. One
+only counts and enqueues (:mod:`backend.finetune.queues`); the job is :mod:`backend.finetune.job`. One
 :class:`TrainingService` is built per backend process (by ``create_app``) and shared by the webhook and the routes,
 so embedded jobs are deduplicated in one place.
 """
@@ -14,11 +14,11 @@ import threading
 import time
 from typing import Any
 
-from .exceptions import TrainingUnavailable
-from .keys import LAST_TRAINING, NEW_ANNOTATIONS, training_key
-from .predictions import PredictionService
-from .runtime import Runtime
-from .training_queues import training_queue
+from ..exceptions import TrainingUnavailable
+from ..keys import LAST_TRAINING, NEW_ANNOTATIONS, training_key
+from ..predictions import PredictionService
+from ..runtime import Runtime
+from .queues import training_queue
 
 log = logging.getLogger(__name__)
 

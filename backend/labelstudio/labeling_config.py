@@ -17,7 +17,7 @@ from xml.etree.ElementTree import Element
 
 from defusedxml import ElementTree
 
-from .exceptions import LabelConfigError
+from ..exceptions import LabelConfigError
 from .label_words import generic_label, label_by_meaning
 
 
@@ -56,10 +56,10 @@ class LabelingConfig:
         """The label of ``control`` (default: the brush, else the polygon control) for a referring ``text``:
 
         1. the first ``label_map`` key (``SAG_LABEL_MAP``) found in it, case-insensitive;
-        2. for the text's head noun (:func:`backend.label_words.head_nouns`: "the CUP of coffee", "the MAN holding
-           a cat"; the next noun when the first phrase has none): a label that names it (its value or one of its
+        2. for the text's head noun (:func:`~backend.labelstudio.label_words.head_nouns`: "the CUP of coffee", "the MAN
+           holding a cat"; the next noun when the first phrase has none): a label that names it (its value or one of its
            ``predicted_values``), else the label closest in meaning from a built-in vocabulary
-           (:mod:`backend.label_words`: "the cup" is an Object, "the two puppies" an Animal);
+           (:mod:`backend.labelstudio.label_words`: "the cup" is an Object, "the two puppies" an Animal);
         3. ``default_label`` (``SAG_DEFAULT_LABEL``);
         4. a generic label (Object, Other, Thing, Item, ...), else the control's first label.
 

@@ -4,8 +4,8 @@ runs them), or background threads of the backend in embedded mode (no Redis), on
 Either queue keeps at most one job queued or running per project (a second request is answered
 ``already_training`` with the running job's progress) and describes a job as ``/jobs/<id>`` and
 ``/training/<project>`` show it: ``job_id``, ``status_url``, ``state``, ``stage``, step / total, loss, the result or
-the error. The job itself is :mod:`backend.training_jobs`; what decides to queue one is
-:mod:`backend.training_service`.
+the error. The job itself is :mod:`backend.finetune.job`; what decides to queue one is
+:mod:`backend.finetune.service`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from . import redact
-from .exceptions import last_line
-from .keys import (TRAINING_JOB, TRAINING_KEEP_S, TRAINING_LOCK, TRAINING_LOCK_TTL, TRAINING_QUEUE, status_url,
+from .. import redact
+from ..exceptions import last_line
+from ..keys import (TRAINING_JOB, TRAINING_KEEP_S, TRAINING_LOCK, TRAINING_LOCK_TTL, TRAINING_QUEUE, status_url,
                    training_key)
-from .predictions import PredictionService
-from .runtime import Runtime
-from .training_jobs import TrainRequest, run_training_job, train_project
-from .worker import live_workers
+from ..liveness import live_workers
+from ..predictions import PredictionService
+from ..runtime import Runtime
+from .job import TrainRequest, run_training_job, train_project
 
 log = logging.getLogger(__name__)
 

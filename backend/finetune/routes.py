@@ -18,11 +18,11 @@ from flask import Blueprint, Response, jsonify, request
 
 from training.registry import RegistryError
 
-from .exceptions import BadRequest
-from .http_input import json_type, parse_json_object, require_json
-from .runtime import Runtime
-from .training_service import TrainingService
-from .versions import registry_id
+from ..exceptions import BadRequest, json_type
+from ..http_input import parse_json_object, require_json
+from ..runtime import Runtime
+from ..versions import registry_id
+from .service import TrainingService
 
 log = logging.getLogger(__name__)
 

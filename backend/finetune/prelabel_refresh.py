@@ -12,10 +12,10 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from .predictions import PredictionService
-from .results import prediction_records
-from .runtime import Runtime
-from .versions import served_version
+from ..labelstudio.results import prediction_records
+from ..predictions import PredictionService
+from ..runtime import Runtime
+from ..versions import served_version
 
 log = logging.getLogger(__name__)
 

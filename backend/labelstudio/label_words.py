@@ -1,9 +1,9 @@
 """Choosing a label by meaning: a small built-in vocabulary of common nouns for the label names people typically
 use (Person, Animal, Vehicle, Food, Object, ...), and the head noun of a referring text.
 
-Used by :meth:`backend.labeling_config.LabelingConfig.label_for` after ``SAG_LABEL_MAP``: a label named in the
-text (its value or a ``predicted_values`` word) or, when none is, the label whose meaning holds the text's head
-noun: "the cup of coffee" names no label of Person / Animal / Object, but its head noun *cup* is an object.
+Used by :meth:`backend.labelstudio.labeling_config.LabelingConfig.label_for` after ``SAG_LABEL_MAP``: a label named
+in the text (its value or a ``predicted_values`` word) or, when none is, the label whose meaning holds the text's
+head noun: "the cup of coffee" names no label of Person / Animal / Object, but its head noun *cup* is an object.
 
 Why a word list and not the model's text encoder: the HTTP process that picks labels does not hold the model in
 Redis mode (the workers do), and loading a text encoder there would cost a second copy of it and seconds of start-up;
