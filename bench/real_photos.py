@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 from sag import SaG  # noqa: E402
 from sag.confidence import mask_confidence, rank_report  # noqa: E402
 from sag.metrics import boundary_f_score, intersection_union  # noqa: E402
-from sag.model import ImageEntities  # noqa: E402
-from sag.spatial import segment_texts  # noqa: E402
+from sag.outputs import ImageEntities  # noqa: E402
+from sag.pipeline import segment_texts  # noqa: E402
 from training.evaluate import baseline_mask  # noqa: E402
 
 DATA_FILE = ROOT / "bench" / "real_photos" / "texts.json"

@@ -37,11 +37,11 @@ from torch.utils.data import Dataset
 
 from sag import SCHEMES, SaG, SegmentationMetrics
 from sag.inference import entity_maps, mix_entities, normalised_entity_maps
-from sag.spatial import TextQueries
 from sag.metrics import (
     BOUNDARY_TOLERANCE, argmax_segments, boundary_f_score, iou, mean_best_overlap, nonnegative_least_squares,
     pointing_hit,
 )
+from sag.pipeline import TextQueries
 
 from .datasets.base import DatasetError, Expression, MaskSource, Sample
 
