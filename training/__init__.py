@@ -9,6 +9,8 @@ Module map:
 - ``feature_cache``: frozen image-backbone features computed once per image and reused across steps and epochs.
 - ``presets``: ``TRAINING_PRESETS``, named model configs each with the recipe to train it (``sag-train --preset``).
 - ``evaluate``: the paper's table (mIoU, cIoU, acc@0.3/0.5/0.7) per inference scheme, and the baselines.
+- ``diagnostics``: where an evaluation loses its score (``sag-eval --diagnostics``): entity mBO, oracle-entity and
+  NNLS mIoU, pointing, A_fuse picks, boundary F.
 - ``overlays``: PNG figures of image, ground truth, prediction and top entities, like the paper's Fig. 5.
 - ``finetune``: the Label Studio "Start Training" job: fine-tune the serving version, score it, promote or not.
 - ``registry``: the versioned checkpoint store the backend serves from, and ``sag-models``.
