@@ -18,7 +18,7 @@ from PIL import Image
 
 from sag import ImageEntities, SaG, autocast, resolve_device
 from sag.confidence import mask_confidence
-from sag.spatial import segment_texts
+from sag.pipeline import segment_texts
 from training.registry import Registry
 
 from .cache import CachedImage, EntityCache

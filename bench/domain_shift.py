@@ -60,7 +60,8 @@ from sag import SaG  # noqa: E402
 from sag.metrics import iou  # noqa: E402
 from training.datasets.base import ReferringDataset  # noqa: E402
 from training.datasets.synthetic import synthetic_dataset  # noqa: E402
-from training.evaluate import InstanceMasks, evaluate  # noqa: E402
+from training.diagnostics import DiagnosticOptions, InstanceMasks  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
 from training.finetune import FinetuneConfig, ProjectData, finetune  # noqa: E402
 from training.registry import Registry  # noqa: E402
 from training.synthetic import DOMAINS, SyntheticConfig, synthetic_config, write_benchmark  # noqa: E402
@@ -187,8 +188,8 @@ def score(model: SaG, data: ReferringDataset, instances_file: Path, limit: int, 
 
     started = time.time()
     report = evaluate(model, data, schemes=("ours",), batch_size=32, limit=count, group_of=kinds.__getitem__,
-                      show_progress=False, on_batch=keep, diagnostics=True, instances=instances, refine=refine,
-                      spatial=spatial)
+                      show_progress=False, on_batch=keep, diagnostics=DiagnosticOptions(instances=instances),
+                      refine=refine, spatial=spatial)
     words = vocabulary_words()
     per_word: dict[str, list[float]] = {}
     for expr, value in zip(expressions, ious):

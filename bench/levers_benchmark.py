@@ -143,7 +143,7 @@ def timing(args: argparse.Namespace) -> dict:
     from skimage import data as skdata
 
     from backend.presets import build_initial_model
-    from sag.spatial import segment_texts
+    from sag.pipeline import segment_texts
 
     torch.set_num_threads(args.threads)
     photo = skdata.astronaut()

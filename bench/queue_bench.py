@@ -58,7 +58,7 @@ from backend.labelstudio.client import LabelStudioClient
 from backend.presets import build_initial_model
 from backend.settings import Settings
 from sag import SaG
-from sag.spatial import segment_texts
+from sag.pipeline import segment_texts
 from training.registry import Registry
 
 RESULTS = Path(__file__).resolve().parent / "results"

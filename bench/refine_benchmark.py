@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sag import SaG  # noqa: E402
 from sag.metrics import boundary_f_score, iou, pointing_hit  # noqa: E402
+from sag.pipeline import predict  # noqa: E402
 from sag.refine import patch_cell, refine  # noqa: E402
 
 # (name, method, options): the settings compared on val.
@@ -143,7 +144,7 @@ def timing(args: argparse.Namespace) -> dict:
             continue
         model.eval()
         photo = photos["astronaut"]
-        out["model_ms"][name] = median_ms(lambda: model.predict([photo], ["the astronaut"], refine="none"),
+        out["model_ms"][name] = median_ms(lambda: predict(model, [photo], ["the astronaut"], refine="none"),
                                            args.repeats)
     for k, v in {**out["refine_ms"], **out["model_ms"]}.items():
         print(f"{k}: {v:.1f} ms")

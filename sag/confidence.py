@@ -1,4 +1,4 @@
-"""A confidence per mask that predicts its IoU, from what a :class:`~sag.model.Segmentation` already holds.
+"""A confidence per mask that predicts its IoU, from what a :class:`~sag.outputs.Segmentation` already holds.
 
 Label Studio sorts and filters tasks by a prediction's ``score`` and annotators review the lowest first, so the score
 should rank masks the way their quality ranks them. The largest A_fuse alone does not: it says how sure the text is of
@@ -95,7 +95,7 @@ def mask_features(seg, tau: float) -> dict[str, float]:
     """The six features of :data:`FEATURES` for one Segmentation, each in [0, 1].
 
     Args:
-        seg: a :class:`sag.model.Segmentation`: ``mask`` (H, W) bool, ``soft`` (H, W) in [0, 1], ``fuse_attn`` (K,),
+        seg: a :class:`sag.outputs.Segmentation`: ``mask`` (H, W) bool, ``soft`` (H, W) in [0, 1], ``fuse_attn`` (K,),
             ``unrefined`` (H, W) or None (then the plain map is ``soft``).
         tau: the threshold the mask was drawn with (``config.threshold``).
     """
@@ -140,8 +140,8 @@ def combine(features: dict[str, float], weights: Sequence[float] = WEIGHTS, inte
 def mask_confidence(seg, tau: float) -> float:
     """How far to trust one mask: an estimate of its IoU in [0, 1] (0 for an empty mask).
 
-    ``seg`` is a :class:`sag.model.Segmentation` as :meth:`SaG.segment <sag.model.SaG.segment>` or
-    :func:`sag.spatial.segment_texts` return it; ``tau`` the threshold it was drawn with.
+    ``seg`` is a :class:`sag.outputs.Segmentation` as :meth:`SaG.segment <sag.model.SaG.segment>` or
+    :func:`sag.pipeline.segment_texts` return it; ``tau`` the threshold it was drawn with.
     """
     if not bool(seg.mask.any()):
         return 0.0

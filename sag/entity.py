@@ -10,7 +10,6 @@ Slots start as K_s samples from each of K_g learnable Gaussians (entity slots), 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +17,7 @@ from torch import nn
 
 from .config import SaGConfig
 from .layers import CrossAttention, FeedForward, merge_heads, split_heads
+from .outputs import EntityOutput
 from .position import sine_position_encoding_2d
 
 
@@ -141,14 +141,6 @@ class GroupInteraction(nn.Module):
         x = x + self.to_out(merge_heads(out))
         x = x + self.ff(x)
         return x.reshape(batch, num_slots, dim)
-
-
-@dataclass
-class EntityOutput:
-    """What the entity discovery module returns for a batch of images."""
-
-    entities: torch.Tensor  # (B, K, D) entity embeddings Phi(x^V)
-    slot_attn: torch.Tensor  # (B, N, K) A_slot of the last aggregation, sums to 1 over K
 
 
 class EntityDiscovery(nn.Module):

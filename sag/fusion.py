@@ -7,20 +7,13 @@ embedding z (Eq. 6).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import SaGConfig
 from .layers import CrossAttention, FeedForward
-
-
-@dataclass
-class FusionOutput:
-    z: torch.Tensor  # (B, D) paired, or (T, I, D) for all text-image pairs; unit L2 norm
-    fuse_attn: torch.Tensor  # (B, K) or (T, I, K): A_fuse, sums to 1 over K
+from .outputs import FusionOutput
 
 
 class ModalityFusion(CrossAttention):

@@ -1,12 +1,15 @@
 """The SaG model: encoders, entity discovery, fusion, losses and mask inference in one nn.Module.
 
 The image side (``encode_image``: backbone + entity discovery) is separate from the text side (``encode_text``) and
-from ``fuse``, so one image's entities can serve many referring expressions.
+from ``fuse``, so one image's entities can serve many referring expressions. What the steps return (ImageEntities,
+Segmentation, TrainOutput) is in :mod:`sag.outputs`.
+
+From text strings to masks, spatial words read, is :mod:`sag.pipeline` (``predict``, ``segment_texts``): it calls
+this module, and this module imports nothing of it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,69 +18,18 @@ from torch import nn
 
 from .checkpoint import CheckpointInfo, read_checkpoint, save_pretrained
 from .config import SaGConfig
-from .device import resolve_device
 from .decoder import SpatialBroadcastDecoder
+from .device import resolve_device
 from .entity import EntityDiscovery
-from .fusion import FusionOutput, ModalityFusion
+from .fusion import ModalityFusion
 from .image_encoder import build_image_encoder
 from .inference import combine_attention, entity_maps, upsample_and_normalise
 from .losses import c3_loss, reconstruction_loss
+from .outputs import FusionOutput, ImageEntities, Segmentation, TrainOutput
+from .preprocess import ImageLike, preprocess_images
 from .refine import REFINE_METHODS, patch_cell
 from .refine import refine as refine_map
-from .preprocess import ImageLike, image_size, preprocess_images
-from .spatial import segment_texts
 from .text_encoder import TextEncoder, build_text_encoder, load_text_encoder
-
-
-@dataclass
-class ImageEntities:
-    """The cacheable image side of SaG for a batch of B images."""
-
-    entities: torch.Tensor  # (B, K, D) entity embeddings
-    slot_attn: torch.Tensor  # (B, N, K) A_slot, sums to 1 over K
-    grid: tuple[int, int]  # (h, w), h * w = N
-    features: torch.Tensor | None = None  # (B, N, C) backbone features: the reconstruction target (training)
-
-    def __len__(self) -> int:
-        return self.entities.shape[0]
-
-    def __getitem__(self, index: int | slice) -> "ImageEntities":
-        index = slice(index, index + 1) if isinstance(index, int) else index
-        feats = self.features[index] if self.features is not None else None
-        return ImageEntities(self.entities[index], self.slot_attn[index], self.grid, feats)
-
-    def to(self, device: torch.device | str) -> "ImageEntities":
-        feats = self.features.to(device) if self.features is not None else None
-        return ImageEntities(self.entities.to(device), self.slot_attn.to(device), self.grid, feats)
-
-    @staticmethod
-    def cat(items: Sequence["ImageEntities"]) -> "ImageEntities":
-        """Concatenate along the batch; all items must share a grid."""
-        grids = {item.grid for item in items}
-        if len(grids) != 1:
-            raise ValueError(f"cannot concatenate entities on different grids: {sorted(grids)}")
-        return ImageEntities(
-            torch.cat([i.entities for i in items]), torch.cat([i.slot_attn for i in items]), items[0].grid
-        )
-
-
-@dataclass
-class Segmentation:
-    """One referring expression's prediction on one image, at the image's original size."""
-
-    mask: torch.Tensor  # (H, W) bool: soft >= threshold
-    soft: torch.Tensor  # (H, W) float in [0, 1]: the min-max normalised combined map
-    fuse_attn: torch.Tensor  # (K,) A_fuse: each entity's relevance to the text
-    score: float  # the largest A_fuse: how confidently the text picks out an entity
-    # (H, W) the bilinear map before edge-aware refinement (sag/refine.py) when one was applied, else None
-    unrefined: torch.Tensor | None = None
-
-
-@dataclass
-class TrainOutput:
-    loss: torch.Tensor
-    c3: torch.Tensor
-    recon: torch.Tensor
 
 
 class SaG(nn.Module):
@@ -216,23 +168,6 @@ class SaG(nn.Module):
                 unrefined=unrefined,
             ))
         return results
-
-    @torch.no_grad()
-    def predict(
-        self, images: Sequence[ImageLike], texts: Sequence[str], scheme: str = "ours",
-        refine: str | Callable[[torch.Tensor, ImageLike], torch.Tensor] | None = None,
-        spatial: bool | None = None,
-    ) -> list[Segmentation]:
-        """Convenience: image i with text i, end to end. Puts the model in eval mode (deterministic slots).
-        ``refine``: the mask refinement (default ``config.mask_refine``), guided by the images themselves;
-        ``spatial``: read spatial words (:mod:`sag.spatial`; default ``config.spatial_words``)."""
-        if len(images) != len(texts):
-            raise ValueError(f"got {len(images)} images and {len(texts)} texts")
-        self.eval()
-        image = self.encode_image(self.preprocess(images))
-        return segment_texts(self, image, list(texts), [image_size(im) for im in images], guides=images,
-                             spatial=self.config.spatial_words if spatial is None else spatial, scheme=scheme,
-                             refine=refine)
 
     @torch.no_grad()
     def entity_maps(self, image: ImageEntities, index: int, size: tuple[int, int]) -> torch.Tensor:

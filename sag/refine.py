@@ -240,7 +240,8 @@ class PromptableRefiner:
     ICCV 2023, through ``transformers``' ``SamModel`` / ``SamProcessor``; any model and processor with that call
     convention fits).
 
-    Pass it where a method name goes: ``model.predict(images, texts, refine=PromptableRefiner(sam, processor))``,
+    Pass it where a method name goes:
+    ``sag.pipeline.predict(model, images, texts, refine=PromptableRefiner(sam, processor))``,
     ``SaG.segment(..., refine=...)``, ``training.evaluate.evaluate(..., refine=...)``. The weights are the user's to
     download (e.g. ``SamModel.from_pretrained("facebook/sam-vit-base")``); its quality on SaG's masks is unmeasured
     here (no weights on these machines), only the code path is tested, with a tiny randomly initialised SAM.

@@ -12,7 +12,9 @@ English spatial language on top of the model's masks:
    "above", "next to" + "the blue star"), or a size ("small", "largest"). Texts without any of these parse to
    ``None`` and keep the model's mask.
 2. The model segments ``head`` (and the landmark) like any text; its mask usually covers every object that fits the
-   words (entities group by appearance, so two red circles share one), as separate connected regions.
+   words (entities group by appearance, so two red circles share one), as separate connected regions. That step is
+   :mod:`sag.pipeline`'s (``TextQueries`` / ``segment_texts``), which calls the model and this module: this module
+   knows no model, only words and masks.
 3. :func:`select` keeps the region that the cue picks: the extreme one along the axis; of those on the named side
    of the landmark, the one whose map peaks highest (the best fit for the head's words; "next to": the nearest);
    or the smallest / largest.
@@ -25,8 +27,7 @@ the word lists are below.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -79,7 +80,9 @@ class SpatialQuery:
     size: int = 0  # +1 "large", -1 "small", 0 no size word
 
 
-def _words(text: str) -> str:
+def normalise_words(text: str) -> str:
+    """``text`` lower-cased, as its words (letters, digits, apostrophes) joined by single spaces: the form
+    :func:`parse` reads, and the key under which two texts are the same words."""
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 
 
@@ -94,7 +97,7 @@ def parse(text: str) -> SpatialQuery | None:
     -> head "the small square", relation "above", landmark "the blue star". A relation takes precedence: only the
     part before it is searched for absolute cues ("the left dog next to the car" -> head "the dog", both cues).
     """
-    words = _words(text)
+    words = normalise_words(text)
     relation = landmark = None
     for name in RELATIONS:  # longest first
         match = re.search(rf"\b{re.escape(name)}\b", words)
@@ -115,7 +118,7 @@ def parse(text: str) -> SpatialQuery | None:
     size = next((v for w, v in SIZE_WORDS.items() if re.search(rf"\b{w}\b", words)), 0)
     if relation is None and not position and not size:
         return None
-    head = words if set(words.split()) - EMPTY_WORDS else _words(text)
+    head = words if set(words.split()) - EMPTY_WORDS else normalise_words(text)
     if landmark is not None and not landmark.startswith(("the ", "a ", "an ")):
         landmark = "the " + landmark
     return SpatialQuery(head=head, position=tuple(position), relation=relation, landmark=landmark,
@@ -197,106 +200,3 @@ def select(query: SpatialQuery, head_mask: torch.Tensor, head_soft: torch.Tensor
         areas = [r.sum() * query.size for r in regions]
         regions = [regions[int(np.argmax(areas))]]
     return torch.from_numpy(regions[0]).to(head_mask.device)
-
-
-class TextQueries:
-    """B texts about B images, read and encoded once, to segment with any scheme or refinement.
-
-    Args:
-        model: a :class:`sag.model.SaG`.
-        image: ImageEntities of B images (entry i answers ``texts[i]``; repeat an image's entry to ask it several
-            texts).
-        texts: B texts.
-        spatial: read spatial words (:func:`parse` / :func:`select`); ``False`` is the paper's inference.
-
-    The heads and landmarks that spatial words call for are encoded with the texts, in one batch of texts through
-    the text encoder; :meth:`segment` then runs the fusion and the mask drawing, which is all that depends on the
-    scheme, the threshold and the refinement.
-
-    A head (or landmark) that is itself one of the texts asked about the same image ("the cup on the left" and
-    "the cup" in one task) is not segmented a second time: the spatial text's mask is picked from that text's own
-    segmentation. So the served mask of "the cup on the left" is, by construction and not by luck of rounding, one
-    connected region of the mask served for "the cup" (two passes through a batched text encoder may differ in the
-    last bits, and a pixel at the threshold would flip). Rows of ``image`` hold the same image when their entities
-    and slot attention are equal.
-    """
-
-    def __init__(self, model, image, texts: Sequence[str], spatial: bool = True):
-        texts = list(texts)
-        self.model, self.count = model, len(texts)
-        self.queries = [parse(t) for t in texts] if spatial else [None] * len(texts)
-        same_image = _same_image_rows(image)
-        # (image, words) -> index in the list segment() draws, for every text segmented so far
-        drawn = {(same_image[i], _words(t)): i for i, t in reversed(list(enumerate(texts)))}
-        extra: list[tuple[int, str]] = []  # (pair index, text) for each head and landmark not asked already
-
-        def draw(i: int, text: str) -> int:
-            key = (same_image[i], _words(text))
-            if key not in drawn:
-                drawn[key] = len(texts) + len(extra)
-                extra.append((i, text))
-            return drawn[key]
-
-        # per pair: where its head's and its landmark's segmentations are in the list segment() draws
-        self.slots: list[tuple[int | None, int | None]] = []
-        for i, query in enumerate(self.queries):
-            head = land = None
-            if query is not None:
-                # a size word alone leaves the text as its own head: its own segmentation serves
-                head = i if query.head == _words(texts[i]) else draw(i, query.head)
-                if query.landmark is not None:
-                    land = draw(i, query.landmark)
-            self.slots.append((head, land))
-        self.rows = list(range(len(texts))) + [i for i, _ in extra]  # the image each segmented text asks about
-        self.same_image = same_image
-        self.image = image
-        if extra:
-            index = torch.tensor(self.rows, device=image.entities.device)
-            self.image = type(image)(image.entities[index], image.slot_attn[index], image.grid)  # an ImageEntities
-        self.text = model.encode_text(**model.tokenize(texts + [t for _, t in extra]))
-
-    def segment(self, sizes: Sequence[tuple[int, int]], guides: Sequence | None = None, **segment_kwargs) -> list:
-        """B Segmentations at ``sizes``; ``guides`` and ``segment_kwargs`` (scheme, threshold, refine) as for
-        :meth:`SaG.segment <sag.model.SaG.segment>`.
-
-        For a text with spatial words the mask is the region :func:`select` picks from the mask of its ``head``
-        (``soft`` is the head's map inside that region); ``fuse_attn``, ``score`` and ``unrefined`` stay those of the
-        whole text, so pointing and confidence still describe the model's own reading.
-        """
-        if len(sizes) != self.count:
-            raise ValueError(f"need one size per text, got {len(sizes)} for {self.count} texts")
-        for i, rep in enumerate(self.same_image):
-            if tuple(sizes[i]) != tuple(sizes[rep]):
-                raise ValueError(f"rows {rep} and {i} hold the same image entities but have different sizes "
-                                 f"{tuple(sizes[rep])} and {tuple(sizes[i])}")
-        segs = self.model.segment(self.image, self.text, [sizes[r] for r in self.rows],
-                                  guides=None if guides is None else [guides[r] for r in self.rows],
-                                  **segment_kwargs)
-        out = segs[: self.count]
-        for i, (query, (head, land)) in enumerate(zip(self.queries, self.slots)):
-            if query is None:
-                continue
-            h = segs[head]
-            lm = segs[land] if land is not None else None
-            picked = select(query, h.mask, h.soft, lm.mask if lm else None, lm.soft if lm else None)
-            if picked is not None:
-                own = out[i].unrefined if out[i].unrefined is not None else out[i].soft
-                out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own)
-        return out
-
-
-def _same_image_rows(image) -> list[int]:
-    """For each row of an ImageEntities, the first row holding the same entities and slot attention (itself if
-    none does): texts asked about one image share its segmentations."""
-    # raw bytes on the host (any dtype, bf16 included), one copy per tensor, rather than a device comparison per pair
-    raw = np.concatenate([t.detach().flatten(1).cpu().contiguous().view(torch.uint8).numpy()
-                          for t in (image.entities, image.slot_attn)], axis=1)
-    first: dict[bytes, int] = {}
-    return [first.setdefault(raw[i].tobytes(), i) for i in range(len(image))]
-
-
-def segment_texts(model, image, texts: Sequence[str], sizes: Sequence[tuple[int, int]],
-                  guides: Sequence | None = None, spatial: bool = True, **segment_kwargs) -> list:
-    """:meth:`SaG.segment <sag.model.SaG.segment>` for B (image, text) pairs given as strings, reading spatial words
-    when ``spatial``: ``TextQueries(model, image, texts, spatial).segment(sizes, guides, **segment_kwargs)``."""
-    return TextQueries(model, image, texts, spatial).segment(sizes, guides, **segment_kwargs)

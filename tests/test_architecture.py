@@ -232,6 +232,32 @@ def test_known_cycles_still_exist():
                        "tests/test_architecture.py:\n  " + "\n  ".join(", ".join(sorted(c)) for c in stale))
 
 
+# The model and what it is made of must not reach the text-to-mask pipeline above it: the pipeline calls the model,
+# never the other way (an import inside a method would hide such a circle from a run, not from this check).
+ABOVE_THE_MODEL = ("sag.pipeline", "sag.spatial")
+
+
+def import_closure(graph: dict[str, dict[str, int]], start: str) -> dict[str, list[str]]:
+    """Every module ``start`` reaches through imports (at any depth, wherever the import stands), each with one
+    chain of imports that reaches it: {module: [start, ..., module]}."""
+    chains = {start: [start]}
+    todo = [start]
+    while todo:
+        here = todo.pop()
+        for target in sorted(graph.get(here, {})):
+            if target not in chains:
+                chains[target] = chains[here] + [target]
+                todo.append(target)
+    return chains
+
+
+def test_the_model_does_not_import_the_pipeline_above_it():
+    chains = import_closure(import_graph(), "sag.model")
+    reached = [" -> ".join(chains[m]) for m in ABOVE_THE_MODEL if m in chains]
+    assert not reached, ("sag/model.py reaches the pipeline that calls it (sag.pipeline calls the model, the model "
+                         "imports none of it):\n  " + "\n  ".join(reached))
+
+
 def test_the_checker_sees_every_kind_of_import(tmp_path, monkeypatch):
     """The scanner itself: relative, absolute, inside functions, ``from package import module``, and upward ones."""
     files = {
@@ -259,6 +285,9 @@ def test_the_checker_sees_every_kind_of_import(tmp_path, monkeypatch):
     assert upward_imports(graph) == ["sag/d.py:1: sag.d imports backend.c, but sag must not import backend"]
     assert describe_cycle(frozenset({"sag.a", "sag.b"}), graph) == (
         "sag.a (sag/a.py:2) -> sag.b (sag/b.py:1) -> sag.a; the circle's modules: sag.a, sag.b")
+    assert import_closure(graph, "training.y") == {"training.y": ["training.y"],
+                                                   "training.datasets.x": ["training.y", "training.datasets.x"]}
+    assert set(import_closure(graph, "backend.c")) == {"backend.c", "sag", "sag.a", "sag.b"}
 
 
 def test_the_backend_layer_check_sees_each_kind_of_break(tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ Module map:
 - ``real_photos``: the real-photo benchmark's data (texts on photos that PyPI packages ship, ``real_photos.json``)
   and scores; ``bench/real_photos.py`` reports with it, ``sag-models import`` measures with it.
 - ``figures``: a version's measured figures (synthetic, real photos) kept in its metadata; ``/health`` shows them.
+- ``diagnostics``: where an evaluation loses its score (``sag-eval --diagnostics``): entity mBO, oracle-entity and
+  NNLS mIoU, pointing, A_fuse picks, boundary F.
 - ``overlays``: PNG figures of image, ground truth, prediction and top entities, like the paper's Fig. 5.
 - ``finetune``: the Label Studio "Start Training" job: fine-tune the serving version, score it, promote or not.
 - ``registry``: the versioned checkpoint store the backend serves from, and ``sag-models``.

@@ -159,7 +159,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     from sag import SCHEMES, SaG
     from sag.refine import REFINE_METHODS
 
-    from .evaluate import BASELINES, InstanceMasks, evaluate, expression_kinds, format_table
+    from .diagnostics import DiagnosticOptions, InstanceMasks
+    from .evaluate import BASELINES, evaluate, expression_kinds, format_table
     from .overlays import OverlayWriter
 
     parser = argparse.ArgumentParser(prog="sag-eval", description=eval_main.__doc__)
@@ -199,17 +200,17 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     data = _open(args, args.split, True, settings)
     writer = OverlayWriter(model, args.overlays, args.overlay_count) if args.overlays else None
     schemes = SCHEMES if args.ablation else ("ours",)
-    instances = None
+    diagnostics: DiagnosticOptions | bool = False
     if args.diagnostics:
         instances = InstanceMasks.from_expressions(data.expressions)
         coco = Path(args.instances) if args.instances else _refer_instances_file(args, settings)
         if coco is not None:
             instances.add_coco(coco, {e.image_id for e in data.expressions})
+        diagnostics = DiagnosticOptions(instances=instances)
     report = evaluate(model, data, schemes=schemes, batch_size=args.batch_size, threshold=args.threshold,
                       baselines=BASELINES if args.baselines else (), limit=args.limit, on_batch=writer,
-                      group_of=expression_kinds(data), show_progress=not args.quiet, diagnostics=args.diagnostics,
-                      instances=instances, refine=args.refine,
-                      spatial=None if args.spatial_words is None else args.spatial_words == "on")
+                      group_of=expression_kinds(data), show_progress=not args.quiet, diagnostics=diagnostics,
+                      refine=args.refine, spatial=None if args.spatial_words is None else args.spatial_words == "on")
     print(format_table(report, f"{data.name} - checkpoint {model.version}"))
     if writer is not None:
         print(f"\n{len(writer.written)} overlays written to {args.overlays}")

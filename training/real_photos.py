@@ -34,8 +34,8 @@ from PIL import Image, ImageDraw
 from sag import SaG
 from sag.confidence import mask_confidence, rank_report
 from sag.metrics import boundary_f_score, intersection_union
-from sag.model import ImageEntities
-from sag.spatial import segment_texts
+from sag.outputs import ImageEntities
+from sag.pipeline import segment_texts
 
 from .exceptions import BenchmarkDataError
 from .figures import make_figure

@@ -16,7 +16,7 @@ from backend.app import create_app
 from backend.labelstudio.results import rle_to_mask
 from backend.exceptions import SettingsError
 from backend.settings import Settings
-from sag import SaG, tiny_config
+from sag import SaG, pipeline, tiny_config
 from training.registry import Registry
 
 from tests.masks import assert_same_mask
@@ -60,8 +60,8 @@ def test_predict_returns_brush_rle_equal_to_the_model_mask(model_dir, http_serve
     assert len(results) == 2
 
     reference = SaG.from_pretrained(model_dir / version)
-    expected = reference.predict(
-        [photos["astronaut"], photos["coffee"], photos["coffee"]],
+    expected = pipeline.predict(
+        reference, [photos["astronaut"], photos["coffee"], photos["coffee"]],
         ["the astronaut in a white suit", "the cup of coffee", "the spoon"],
         refine=Settings().mask_refine,  # the backend refines every mask (SAG_MASK_REFINE, default guided)
         spatial=Settings().spatial_words,  # and reads spatial words (SAG_SPATIAL_WORDS, default on)
@@ -138,8 +138,8 @@ def test_a_trained_version_scores_each_mask_by_its_estimated_iou(model_dir, http
     assert client.get("/health").get_json()["model_version"] == trained
 
     reference = SaG.from_pretrained(model_dir / trained)
-    expected = reference.predict([photos["coffee"]] * 2, texts, refine=Settings().mask_refine,
-                                 spatial=Settings().spatial_words)
+    expected = pipeline.predict(reference, [photos["coffee"]] * 2, texts, refine=Settings().mask_refine,
+                                spatial=Settings().spatial_words)
     wanted = [mask_confidence(seg, reference.config.threshold) for seg in expected]
     scores = [r["score"] for r in answer["result"]]
     assert all(0.0 < s < 1.0 for s in wanted)  # precondition: not a placeholder's 0
@@ -385,8 +385,8 @@ def test_mask_refinement_setting_reaches_the_rle_and_follows_image_edges(tmp_pat
                                                                       masks(spatial_words=False))
     assert Settings().mask_refine == "guided"  # the default, chosen from bench/README.md's measurement
     # the RLE is the model's refined mask, bit for bit, and refinement changed it
-    expected, _ = model.predict([photos["astronaut"], two_regions], ["the astronaut", "the red region on the left"],
-                                refine="guided", spatial=False)
+    expected, _ = pipeline.predict(model, [photos["astronaut"], two_regions],
+                                   ["the astronaut", "the red region on the left"], refine="guided", spatial=False)
     assert_same_mask(photo_refined, expected, model.config.threshold)
     assert (photo_refined != photo_plain).mean() > 0.05
 

@@ -28,6 +28,7 @@ from backend.app import create_app
 from backend.keys import TRAINING_QUEUE
 from backend.settings import Settings
 from sag import SaG
+from sag.pipeline import predict
 from training.registry import Registry, RegistryError
 
 from .conftest import LABEL_CONFIG, png_bytes, wait_for
@@ -202,8 +203,8 @@ def test_a_candidate_trained_on_shuffled_texts_is_not_promoted(redis_url, model_
     for i, (url, text, pixels) in enumerate(images[:3]):
         with torch.no_grad():
             # refined as the backend serves them: fine-tuning validation scores the served masks
-            [seg] = serving.predict([Image.fromarray(pixels)], [text], refine=Settings.mask_refine,
-                                    spatial=Settings.spatial_words)
+            [seg] = predict(serving, [Image.fromarray(pixels)], [text], refine=Settings.mask_refine,
+                            spatial=Settings.spatial_words)
         tasks.append({"id": 100 + i, "data": {"image": url, "text": text},
                       "annotations": [brush_annotation(seg.mask.cpu().numpy(), text)]})
     for i, (url, _, _) in enumerate(images):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sag.confidence import FEATURES, WEIGHTS, mask_confidence, mask_features, rank_report, spearman
-from sag.model import Segmentation
+from sag.outputs import Segmentation
+from sag.pipeline import predict
 
 TAU = 0.5
 SIDE = 64
@@ -108,7 +109,7 @@ def test_bad_input_is_named():
 
 def test_a_real_segmentation_gets_a_score(tiny_model, random_images):
     images = random_images([(48, 40), (30, 70)])
-    segs = tiny_model.predict(images, ["the red circle", "the leftmost square"], refine="guided", spatial=True)
+    segs = predict(tiny_model, images, ["the red circle", "the leftmost square"], refine="guided", spatial=True)
     for seg in segs:
         assert 0.0 <= mask_confidence(seg, tiny_model.config.threshold) <= 1.0
 

@@ -5,6 +5,7 @@ import torch
 
 from sag import SaG, autocast, resolve_device, tiny_config
 from sag.device import resolve_precision
+from sag.pipeline import predict
 
 
 def test_device_from_argument():
@@ -53,10 +54,10 @@ def test_cuda_mixed_precision_matches_cpu(precision, random_images):
     model = SaG(tiny_config()).eval()
     images = random_images([(48, 64)])
     texts = ["the small red circle"]
-    cpu = model.predict(images, texts)[0]
+    cpu = predict(model, images, texts)[0]
     model = model.to("cuda")
     with autocast(torch.device("cuda"), precision):
-        gpu = model.predict(images, texts)[0]
+        gpu = predict(model, images, texts)[0]
     assert gpu.mask.shape == cpu.mask.shape
     torch.testing.assert_close(gpu.soft.cpu(), cpu.soft, atol=0.05, rtol=0)
     # Training step in mixed precision on the GPU.

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from sag import SaG, SaGConfig, tiny_config
 from sag.metrics import boundary_f_score, iou
+from sag.pipeline import predict
 from sag.refine import REFINE_METHODS, _box_mean, guided_filter, refine
 
 
@@ -126,8 +127,8 @@ def test_segment_refines_with_the_guides_and_keeps_the_bilinear_map(tiny_model, 
     tiny_model.eval()
     images = random_images([(40, 56), (33, 33)])
     texts = ["the red circle", "the blue square"]
-    plain = tiny_model.predict(images, texts)  # config.mask_refine is "none"
-    refined = tiny_model.predict(images, texts, refine="guided")
+    plain = predict(tiny_model, images, texts)  # config.mask_refine is "none"
+    refined = predict(tiny_model, images, texts, refine="guided")
     for p, r in zip(plain, refined):
         assert p.unrefined is None
         torch.testing.assert_close(r.unrefined, p.soft)
@@ -136,7 +137,7 @@ def test_segment_refines_with_the_guides_and_keeps_the_bilinear_map(tiny_model, 
     # the config's choice applies when the caller does not name one, and then the images are required
     model = SaG(tiny_model.config.replace(mask_refine="guided"))
     model.load_state_dict(tiny_model.state_dict())
-    via_config = model.predict(images, texts)
+    via_config = predict(model, images, texts)
     for a, b in zip(via_config, refined):
         torch.testing.assert_close(a.soft, b.soft)
     entities = model.encode_image(model.preprocess(images))
@@ -192,6 +193,6 @@ def test_promptable_refiner_prompts_from_the_mask_and_returns_a_map_at_the_image
     assert refiner(empty, np.zeros((50, 80, 3), dtype=np.uint8)) is empty  # no mask, no prompt: unchanged
     # through SaG.segment, as a refine= callable
     images = random_images([(40, 56)])
-    [seg] = tiny_model.predict(images, ["the red circle"], refine=refiner)
+    [seg] = predict(tiny_model, images, ["the red circle"], refine=refiner)
     assert seg.soft.shape == (40, 56) and seg.unrefined is not None
     assert torch.equal(seg.mask, seg.soft >= tiny_model.config.threshold)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from sag import SaG, tiny_config
+from sag.pipeline import predict
 from training.datasets.base import load_image
 from training.finetune import (FINETUNE_RECIPES, FinetuneConfig, FinetuneError, finetune, project_data,
                                promotion_decision)
@@ -194,7 +195,7 @@ def test_candidate_trained_on_shuffled_texts_is_not_promoted(scenes, registry, t
     tasks = []
     for i, (img, text) in enumerate(scenes[:3]):
         with torch.no_grad():
-            [seg] = serving.predict([load_image(img)], [text])
+            [seg] = predict(serving, [load_image(img)], [text])
         tasks.append({"id": 100 + i, "data": {"image": img, "text": text},
                       "annotations": [brush_annotation(seg.mask.cpu().numpy())]})
     for i, (img, _) in enumerate(scenes):
