@@ -180,7 +180,7 @@ def test_sag_models_lists_lineage_and_rolls_back(scenes, registry, tmp_path, cap
     assert main([*cli, "list"]) == 0
     lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert lines[new].startswith("* ") and lines[parent].startswith("  ")
-    listed = json.loads(lines[new].split(None, 2)[2])
+    listed = json.loads(lines[new][lines[new].index("{"):])  # the metadata follows the figure columns
     assert listed["parent"] == parent and listed["trained_on"]["pairs"] == 6
     assert main([*cli, "rollback", parent]) == 0 and registry.current() == parent
     assert main([*cli, "rollback"]) == 0 and registry.current() == new  # back to the one promoted before
