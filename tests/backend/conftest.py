@@ -1,5 +1,5 @@
-"""Shared fixtures for the backend tests: a tiny model registry, real photos, a real local HTTP server, a Redis
-database of our own and real ``sag-worker`` processes."""
+"""Shared fixtures for the backend tests: a tiny model registry, real photos, the example labelling config, a real
+local HTTP server, a Redis database of our own and real ``sag-worker`` processes."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.labelstudio.labeling_config import parse_labeling_config
 from sag import SaG, tiny_config
 from training.registry import Registry
 
+ROOT = Path(__file__).resolve().parents[2]
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 LABEL_CONFIG = """
@@ -69,6 +71,12 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def example_config():
+    """examples/label-config.xml: Person (predicted_values man, woman, ...), Animal (cat, dog, ...), Object."""
+    return parse_labeling_config((ROOT / "examples" / "label-config.xml").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,7 @@
-"""Labelling-config checks (backend/labelstudio/labeling_config.py)."""
+"""Labelling-config checks (backend/labelstudio/labeling_config.py); choosing a label by meaning:
+test_label_words.py."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,6 @@ from backend.exceptions import LabelConfigError
 from backend.labelstudio.labeling_config import parse_labeling_config
 
 from .conftest import LABEL_CONFIG
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_with_text_field_prompt_and_labels():
@@ -67,42 +64,6 @@ def test_a_polygon_control_with_its_own_labels_gets_its_own_label():
     assert config.label_for("the man on the left", {"man": "Person"}) == "Person"
     assert config.label_for("the man on the left", {"man": "Person"}, config.polygon) == "Man"
     assert config.label_for("the red mug", {"man": "Person"}, config.polygon) == "Outline"
-
-
-@pytest.fixture(scope="module")
-def example_config():
-    """examples/label-config.xml: Person (predicted_values man, woman, ...), Animal (cat, dog, ...), Object."""
-    return parse_labeling_config((ROOT / "examples" / "label-config.xml").read_text())
-
-
-@pytest.mark.parametrize("text, label", [
-    ("the cup of coffee", "Object"),  # "coffee" names no label and no predicted value: its head noun "cup" does
-    ("the flag on the left", "Object"),
-    ("the man", "Person"),  # a predicted value
-    ("the two puppies", "Animal"),  # plural of a noun of the built-in list
-    ("the baseball player", "Person"),  # the head noun ends the first noun phrase ...
-    ("the coffee cup on the table", "Object"),  # ... and prepositions end the phrase
-    ("the building behind the horse", "Object"),  # an -ing noun is not taken for a verb
-    ("the hot dog", "Object"),  # a two-word noun is not a dog
-    ("the one next to the cat", "Animal"),  # no noun in the first phrase: the next one named
-    ("the man holding a cat", "Person"),  # several labels named: the head noun decides ...
-    ("the cat next to the man", "Animal"),  # ... whatever the labels' order
-    ("two astronauts", "Person"),  # a predicted value in the plural
-])
-def test_label_by_meaning_with_the_example_config(example_config, text, label):
-    assert example_config.label_for(text, {}) == label
-
-
-def test_a_specific_label_beats_a_generic_one_and_the_map_still_wins(example_config):
-    config = parse_labeling_config(
-        "<View><Image name='image' value='$image'/><Text name='text' value='$text'/>"
-        "<BrushLabels name='mask' toName='image'><Label value='Object'/><Label value='Vehicle'/>"
-        "<Label value='Food'/></BrushLabels></View>")
-    assert config.label_for("the red truck", {}) == "Vehicle"  # a truck is also an Object: the specific label wins
-    assert config.label_for("the bowl of soup", {}) == "Object"
-    assert config.label_for("the pizza", {}) == "Food"
-    assert config.label_for("the pizza", {"pizza": "Object"}) == "Object"
-    assert example_config.label_for("the cup", {"cup": "Animal"}) == "Animal"
 
 
 def test_default_label_is_the_fallback_and_must_be_a_label(example_config):
