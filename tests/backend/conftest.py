@@ -1,5 +1,6 @@
 """Shared fixtures for the backend tests: a tiny model registry, real photos, the example labelling config, a real
-local HTTP server, a Redis database of our own and real ``sag-worker`` processes."""
+local HTTP server, a Redis database of our own and real ``sag-worker`` processes; and, for every test, the secrets
+registry of ``backend.redact`` restored afterwards."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend import redact
 from backend.labelstudio.labeling_config import parse_labeling_config
 from sag import SaG, tiny_config
 from training.registry import Registry
@@ -71,6 +73,22 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def restore_redact_registry() -> Iterator[None]:
+    """Each test leaves ``backend.redact``'s secrets as it found them. Apps, clients and workers register secrets
+    process-wide (``create_app``, the Label Studio client's access tokens); kept, one test's key would be scrubbed
+    from every later test's answers and logs, and a test of the registry would see the secrets of the tests before
+    it."""
+    with redact._lock:
+        static, rotating, secrets = set(redact._static), list(redact._rotating), redact._secrets
+    yield
+    with redact._lock:
+        redact._static.clear()
+        redact._static.update(static)
+        redact._rotating[:] = rotating
+        redact._secrets = secrets
 
 
 @pytest.fixture(scope="module")
