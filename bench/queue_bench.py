@@ -61,6 +61,11 @@ from sag import SaG
 from sag.pipeline import segment_texts
 from training.registry import Registry
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests/ is not installed: its process helper is found from the checkout
+
+from tests.processes import stop_processes  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 LABEL_CONFIG = """
 <View>
@@ -473,13 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             for case, v in latencies.items()
         }
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs, timeout=30)
         redis.Redis.from_url(redis_url).flushdb()
         server.shutdown()
         standin.server.shutdown()

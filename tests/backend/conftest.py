@@ -28,6 +28,7 @@ from PIL import Image
 from backend import redact
 from backend.labelstudio.labeling_config import parse_labeling_config
 from sag import SaG, tiny_config
+from tests.processes import stop_processes
 from training.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,19 +61,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str):
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(0.1)
     return value
-
-
-def stop_processes(procs: list[subprocess.Popen]) -> None:
-    """Terminate ``procs`` (SIGTERM, then SIGKILL after 20 s) and reap them."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(autouse=True)

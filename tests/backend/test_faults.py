@@ -32,9 +32,10 @@ from backend.labelstudio.client import LabelStudioClient
 from backend.liveness import live_workers, liveness_window
 from backend.predictor import OutputSpec, TaskInput
 from backend.settings import Settings
+from tests.processes import stop_processes
 from training.registry import Registry
 
-from .conftest import LABEL_CONFIG, png_bytes, stop_processes, wait_for
+from .conftest import LABEL_CONFIG, png_bytes, wait_for
 
 KEY = "k-0123456789"
 

@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
+from tests.processes import stop_processes
+
 ROOT = Path(__file__).resolve().parents[2]
 LS_VENV = Path(os.environ.get("SAG_E2E_LS_VENV", ROOT / ".venv-labelstudio"))
 TOKEN = "sag-e2e-legacy-token-0123456789"
@@ -51,16 +53,6 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> No
     raise RuntimeError(f"{url} not up after {timeout} s; log:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def label_studio_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Label Studio's data directory (its SQLite database is ``label_studio.sqlite3``); local files under
@@ -86,7 +78,7 @@ def label_studio(label_studio_data: Path) -> Iterator[str]:
         wait_http(f"http://127.0.0.1:{port}/health", 600, proc, log)
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop(proc)
+        stop_processes([proc], timeout=30)
 
 
 @pytest.fixture
@@ -122,7 +114,6 @@ def start_backend(label_studio: str, tmp_path: Path) -> Iterator[Callable[..., s
         return url
 
     yield start
-    for proc, _ in procs:
-        stop(proc)
+    stop_processes((proc for proc, _ in procs), timeout=30)
     for _, log in procs:
         assert TOKEN not in log.read_text(), f"the API key appeared in {log.name}"
