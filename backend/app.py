@@ -22,8 +22,18 @@ from .dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
 from .exceptions import BadRequest, LabelConfigError, SettingsError, TrainingUnavailable, UnsupportedMediaType
 from .finetune.routes import training_blueprint
 from .finetune.service import TrainingService
-from .http_input import (MAX_BODY_BYTES, MAX_JSON_DEPTH, DrainingChannel, body_too_large, json_too_deep,
-                         optional_string, parse_json_object, prompt_context, require_json, with_reason)
+from .http_input import (
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    DrainingChannel,
+    body_too_large,
+    json_too_deep,
+    optional_string,
+    parse_json_object,
+    prompt_context,
+    require_json,
+    with_reason,
+)
 from .jobs import worker_stats
 from .logs import configure_logging
 from .model import TRAIN_EVENTS, SaGModel, project_id_of

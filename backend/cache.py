@@ -95,7 +95,8 @@ class CachedImage:
     @property
     def nbytes(self) -> int:
         e = self.entities
-        tensors = e.entities.element_size() * e.entities.nelement() + e.slot_attn.element_size() * e.slot_attn.nelement()
+        tensors = (e.entities.element_size() * e.entities.nelement()
+                   + e.slot_attn.element_size() * e.slot_attn.nelement())
         return tensors + (self.guide.nbytes if self.guide is not None else 0)
 
 

@@ -38,13 +38,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# bench/ is on the path (this script's own folder)
+from refine_benchmark import _time_arguments, median_ms, run_commands  # noqa: E402
+
 from sag import SaG  # noqa: E402
 from sag.metrics import iou  # noqa: E402
 from training.datasets.refcoco import refer_dataset  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
-
-# bench/ is on the path (this script's own folder)
-from refine_benchmark import _time_arguments, median_ms, run_commands  # noqa: E402
 
 # (row, refine, spatial words)
 LEVERS: list[tuple[str, str, bool]] = [

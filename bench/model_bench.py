@@ -261,7 +261,7 @@ def backend_reprompt(args, device, model: SaG, name: str, sizes: list[tuple[int,
             rows.append(row)
             print(f"  {name} @ {width}x{height}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
                                                                if isinstance(v, float)), flush=True)
-            del predictor, served
+            predictor = served = None  # frees this size's model (not `del`: the closures above name both)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return rows
@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             served, _ = build_initial_model("mobilenet-minilm")
             report["load_average_start"] = os.getloadavg()
             report["reprompt_backend"] = (
-                backend_reprompt(args, device, sag_model, "SaG paper-shaped (ViT-S/16 + BERT-base)", args.reprompt_sizes)
+                backend_reprompt(args, device, sag_model, "SaG paper-shaped (ViT-S/16 + BERT-base)",
+                                 args.reprompt_sizes)
                 + backend_reprompt(args, device, served.to(device).eval(), "mobilenet-minilm (served)",
                                    args.reprompt_sizes))
             report["load_average_end"] = os.getloadavg()

@@ -50,7 +50,6 @@ import redis
 import requests
 import torch
 from PIL import Image
-
 from rq import Queue, Worker
 
 from backend.keys import INFERENCE_QUEUE
@@ -489,8 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, out)
-    print(f"\n| path, median of {args.repeats} rounds (load average {report['load_average_start'][0]:.1f} at the start, "
-          f"{report['load_average_end'][0]:.1f} at the end) | tasks/s | queue / bare (rounds) |\n|---|---:|---:|")
+    print(f"\n| path, median of {args.repeats} rounds (load average {report['load_average_start'][0]:.1f} at the "
+          f"start, {report['load_average_end'][0]:.1f} at the end) | tasks/s | queue / bare (rounds) |"
+          "\n|---|---:|---:|")
     for path, (bare_key, rate_key, ratio_key, name) in {
             "sync": ("bare_tasks_per_s", "queue_tasks_per_s", "queue_over_bare", "sync /predict, 16 tasks a request"),
             "bulk": ("bulk_bare_tasks_per_s", "bulk_tasks_per_s", "bulk_over_bare",
@@ -501,8 +501,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"\n| {name}, {args.workers} sag-worker | {report[rate_key]:.2f} | {100 * report[ratio_key]:.0f}% "
                   f"({100 * low:.0f}-{100 * high:.0f}%; goal >= 85%) |")
     if "bulk" in paths:
-        print(f"one job's write-back ({args.batch_size} tasks, in this process): {report['write_back_ms_per_job']:.0f} ms,"
-              f" against {report['bare_ms_per_job']:.0f} ms for the bare model's batch")
+        print(f"one job's write-back ({args.batch_size} tasks, in this process): "
+              f"{report['write_back_ms_per_job']:.0f} ms, against {report['bare_ms_per_job']:.0f} ms for the bare "
+              "model's batch")
         print("Label Studio requests per task: " + ", ".join(
             f"{k} {v:.2f}" for k, v in report["bulk_ls_requests_per_task"].items()))
     print("\n| interactive /predict | p50 ms | p95 ms |\n|---|---:|---:|")

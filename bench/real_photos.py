@@ -42,10 +42,22 @@ from sag import SaG  # noqa: E402
 from training.evaluate import baseline_mask  # noqa: E402
 from training.exceptions import BenchmarkDataError  # noqa: E402
 from training.figures import REAL_PHOTOS, make_figure  # noqa: E402
+from training.real_photos import (  # noqa: E402
+    DATA_FILE,
+    DEFAULT_CACHE,
+    INFERENCES,
+    KINDS,
+    SERVED,
+    Case,
+    data_fingerprint,
+    evaluate_model,
+    fetch_archives,
+    load_cases,
+    load_texts,
+    score_case,
+    summarise,
+)
 from training.registry import record_figure  # noqa: E402
-from training.real_photos import (DATA_FILE, DEFAULT_CACHE, INFERENCES, KINDS, SERVED, Case,  # noqa: E402
-                                  data_fingerprint, evaluate_model, fetch_archives, load_cases, load_texts,
-                                  score_case, summarise)
 
 RESULTS = ROOT / "bench" / "results"
 BASELINES: tuple[str, ...] = ("whole_image", "centre_blob")

@@ -4,11 +4,11 @@
     python bench/synthetic_benchmark.py --summarize           # the combined JSON and the tables
 
 For each slot type (equal K) it trains the ``cpu-synthetic-paper`` preset (the paper's recipe and inference) on the
-train split (texts only; validation on the val split picks the best checkpoint), then evaluates the best checkpoint on the held-out test split and on the
-compositional split with our inference, the MAX / AVG / MIN schemes and two text-blind baselines (whole image, centred
-blob). Each slot type writes ``bench/results/synthetic-<slot type>.json``; ``--summarize`` combines them into
-``bench/results/synthetic.json`` and prints the Markdown tables of bench/README.md. The test and compositional
-splits are never looked at during training or model selection.
+train split (texts only; validation on the val split picks the best checkpoint), then evaluates the best checkpoint on
+the held-out test split and on the compositional split with our inference, the MAX / AVG / MIN schemes and two
+text-blind baselines (whole image, centred blob). Each slot type writes ``bench/results/synthetic-<slot type>.json``;
+``--summarize`` combines them into ``bench/results/synthetic.json`` and prints the Markdown tables of bench/README.md.
+The test and compositional splits are never looked at during training or model selection.
 
 Presets at equal wall-clock (e.g. the tiny ViT against the frozen, cached MobileNetV2)::
 
@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from sag import SCHEMES, SaG  # noqa: E402
 from training.datasets.refcoco import refer_dataset  # noqa: E402
-from training.synthetic import SyntheticConfig, write_benchmark  # noqa: E402
-from training.evaluate import BASELINES, evaluate, format_table  # noqa: E402
 from training.engine import METRICS, Trainer  # noqa: E402
+from training.evaluate import BASELINES, evaluate, format_table  # noqa: E402
 from training.presets import build_model, get_preset  # noqa: E402
+from training.synthetic import SyntheticConfig, write_benchmark  # noqa: E402
 
 
 def ensure_data(root: Path, config: SyntheticConfig) -> Path:

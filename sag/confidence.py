@@ -186,5 +186,5 @@ def rank_report(scores: Sequence[float], ious: Sequence[float], review: float = 
     bad_all = int((q < bad).sum())
     return {"count": n, "spearman": round(spearman(s, q), 4), "review_fraction": review, "review_count": take,
             f"review_iou_below_{bad:g}": bad_low, f"all_iou_below_{bad:g}": bad_all,
-            f"review_precision": round(bad_low / take, 4),
-            f"base_rate": round(bad_all / n, 4)}
+            "review_precision": round(bad_low / take, 4),
+            "base_rate": round(bad_all / n, 4)}

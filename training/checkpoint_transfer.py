@@ -184,8 +184,13 @@ def _check_size(archive: Path, size: int) -> None:
 def _hub_failure(repo_id: str, action: str, exc: Exception) -> CheckpointError:
     """A message for a failed hub call: offline mode, an unreachable hub, an unknown repository, no permission."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     chain = [exc, exc.__cause__, exc.__context__]
     if constants.HF_HUB_OFFLINE or any(isinstance(e, OfflineModeIsEnabled) for e in chain):

@@ -35,7 +35,12 @@ import torch.nn.functional as F
 from sag import ImageEntities, Segmentation, SegmentationMetrics
 from sag.inference import entity_maps, mix_entities, normalised_entity_maps
 from sag.metrics import (
-    BOUNDARY_TOLERANCE, argmax_segments, boundary_f_score, iou, mean_best_overlap, nonnegative_least_squares,
+    BOUNDARY_TOLERANCE,
+    argmax_segments,
+    boundary_f_score,
+    iou,
+    mean_best_overlap,
+    nonnegative_least_squares,
     pointing_hit,
 )
 

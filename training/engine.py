@@ -34,8 +34,18 @@ from sag.device import resolve_precision
 from sag.preprocess import preprocess_images
 from sag.text_encoder import tokenize_batch
 
-from .checkpoints import (check_model_config, checkpoint_path, list_checkpoints, prune_checkpoints, read_trainer_state,
-                          read_weights, rng_state, set_rng_state, write_best, write_checkpoint)
+from .checkpoints import (
+    check_model_config,
+    checkpoint_path,
+    list_checkpoints,
+    prune_checkpoints,
+    read_trainer_state,
+    read_weights,
+    rng_state,
+    set_rng_state,
+    write_best,
+    write_checkpoint,
+)
 from .datasets.base import Sample
 
 ProgressCallback = Callable[[int, int, float], None]

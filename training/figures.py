@@ -49,9 +49,9 @@ def code_version() -> str:
 
 
 def make_figure(summary: Mapping[str, Any], texts: int, data: str, inference: str, **extra: Any) -> dict[str, Any]:
-    """A record for :func:`training.registry.record_figure` from a benchmark's summary over all texts (``mIoU``, ``acc@0.5``, and
-    ``cIoU`` if it has one), the number of texts scored, a fingerprint of the data (``data``: equal fingerprints
-    mean the same texts and masks) and the inference (e.g. ``"served"``); ``extra`` is kept as given."""
+    """A record for :func:`training.registry.record_figure` from a benchmark's summary over all texts (``mIoU``,
+    ``acc@0.5``, and ``cIoU`` if it has one), the number of texts scored, a fingerprint of the data (``data``: equal
+    fingerprints mean the same texts and masks) and the inference (e.g. ``"served"``); ``extra`` is kept as given."""
     for key in ("mIoU", "acc@0.5"):
         if not isinstance(summary.get(key), (int, float)):
             raise ValueError(f"the benchmark summary has no {key!r}: {dict(summary)}")

@@ -346,7 +346,7 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
         serving_retrieval = retrieval_scores(model, heldout, config.eval_batch_size, fixed_entities)
         log.info("fine-tune: serving version %s: held-out retrieval %s", parent, serving_retrieval.to_dict())
 
-    from .engine import Trainer, TrainConfig
+    from .engine import TrainConfig, Trainer
 
     _prepare_workdir(workdir, _fingerprint(parent, data, config))
     steps = config.steps_for(len(train_pairs))

@@ -214,10 +214,12 @@ def load_photo(entry: dict, archive: Archive) -> Photo:
     else:
         raise BenchmarkDataError(f"photo {entry['id']}: unknown format {fmt!r}")
     if list(image.shape[:2]) != list(entry["size"]):
-        raise BenchmarkDataError(f"photo {entry['id']}: image is {image.shape[:2]}, the texts file says {entry['size']}")
+        raise BenchmarkDataError(f"photo {entry['id']}: image is {image.shape[:2]}, "
+                                 f"the texts file says {entry['size']}")
     expected = [inst["label"] for inst in entry["instances"]]
     if labels != expected:
-        raise BenchmarkDataError(f"photo {entry['id']}: the archive's instances are {labels}, the texts file lists {expected}")
+        raise BenchmarkDataError(f"photo {entry['id']}: the archive's instances are {labels}, "
+                                 f"the texts file lists {expected}")
     for i, mask in enumerate(instances):
         if not mask.any():
             raise BenchmarkDataError(f"photo {entry['id']}: instance {i} ({labels[i]}) has no pixel")

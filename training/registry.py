@@ -34,8 +34,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from sag import read_metadata
 
-from .checkpoint_transfer import (copy_checkpoint, fetch_source, is_archive, push_to_hub, validate_checkpoint,
-                                  write_archive)
+from .checkpoint_transfer import (
+    copy_checkpoint,
+    fetch_source,
+    is_archive,
+    push_to_hub,
+    validate_checkpoint,
+    write_archive,
+)
 from .exceptions import BenchmarkDataError, CheckpointError, RegistryError
 from .figures import BENCHMARKS, LABELS, MEASURED, REAL_PHOTOS, describe, measured
 from .settings import RegistrySettings, TrainingSettings

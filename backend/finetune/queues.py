@@ -22,8 +22,15 @@ from rq.job import Job, JobStatus
 
 from .. import redact
 from ..exceptions import last_line
-from ..keys import (TRAINING_JOB, TRAINING_KEEP_S, TRAINING_LOCK, TRAINING_LOCK_TTL, TRAINING_QUEUE, status_url,
-                   training_key)
+from ..keys import (
+    TRAINING_JOB,
+    TRAINING_KEEP_S,
+    TRAINING_LOCK,
+    TRAINING_LOCK_TTL,
+    TRAINING_QUEUE,
+    status_url,
+    training_key,
+)
 from ..liveness import live_workers
 from ..predictions import PredictionService
 from ..runtime import Runtime

@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from backend.app import create_app
-from backend.labelstudio.results import rle_to_mask
 from backend.exceptions import SettingsError
+from backend.labelstudio.results import rle_to_mask
 from backend.settings import Settings
 from sag import SaG, pipeline, tiny_config
-from training.registry import Registry
-
 from tests.masks import assert_same_mask
+from training.registry import Registry
 
 from .conftest import LABEL_CONFIG, png_bytes
 

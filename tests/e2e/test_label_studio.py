@@ -8,8 +8,8 @@ single texts are written ``["the cat"]``."""
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 import subprocess
 import sys
 import time

@@ -6,8 +6,15 @@ import torch
 
 from sag.inference import mix_entities, normalised_entity_maps, upsample_and_normalise
 from sag.metrics import (
-    argmax_segments, best_overlaps, boundary_f_score, boundary_scores, dilate_disk, mask_boundary, mean_best_overlap,
-    nonnegative_least_squares, pointing_hit,
+    argmax_segments,
+    best_overlaps,
+    boundary_f_score,
+    boundary_scores,
+    dilate_disk,
+    mask_boundary,
+    mean_best_overlap,
+    nonnegative_least_squares,
+    pointing_hit,
 )
 
 

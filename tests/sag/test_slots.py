@@ -2,7 +2,8 @@
 
 The authors (kdwonn/SaG, model/attention.py) draw random slots as mu + exp(log_sigma) * eps with
 log_sigma ~ U(+-sqrt(3/D)) (a log-std near 0), query slots as randn(K, D), and apply no dropout to the interaction
-block's attention weights in any shipped script. A numerical comparison with the authors' code on shared weights lives outside this repository; these tests pin the scales.
+block's attention weights in any shipped script. A numerical comparison with the authors' code on shared weights
+lives outside this repository; these tests pin the scales.
 """
 
 import math

@@ -7,9 +7,21 @@ import torch
 
 from sag import SaG, tiny_config
 from sag.checkpoint import read_metadata
-from training.checkpoints import (BEST, CHECKPOINTS, TRAINER_STATE, check_model_config, checkpoint_path,
-                                  list_checkpoints, prune_checkpoints, read_trainer_state, read_weights, rng_state,
-                                  set_rng_state, write_best, write_checkpoint)
+from training.checkpoints import (
+    BEST,
+    CHECKPOINTS,
+    TRAINER_STATE,
+    check_model_config,
+    checkpoint_path,
+    list_checkpoints,
+    prune_checkpoints,
+    read_trainer_state,
+    read_weights,
+    rng_state,
+    set_rng_state,
+    write_best,
+    write_checkpoint,
+)
 
 
 def _write(model, run, step):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sag import SaG, tiny_config
-from training.datasets.refcoco import refer_dataset
 from training.checkpoints import list_checkpoints
+from training.datasets.refcoco import refer_dataset
 from training.engine import TrainConfig, Trainer, lr_factor, parameter_groups
 
 

@@ -15,8 +15,8 @@ from sag.image_encoder import build_image_encoder
 from sag.preprocess import preprocess_images
 from training.datasets.base import load_image
 from training.datasets.refcoco import refer_dataset
-from training.feature_cache import CachedPairs, FeatureCache, image_key, weights_identity
 from training.engine import TrainConfig, Trainer
+from training.feature_cache import CachedPairs, FeatureCache, image_key, weights_identity
 from training.presets import build_model, get_preset
 
 

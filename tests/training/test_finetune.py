@@ -14,11 +14,17 @@ from PIL import Image
 from sag import SaG, tiny_config
 from sag.pipeline import predict
 from training.datasets.base import load_image
-from training.finetune import (FINETUNE_RECIPES, FinetuneConfig, FinetuneError, finetune, project_data,
-                               promotion_decision)
-from training.retrieval import RetrievalScores, hold_out, retrieval_scores
 from training.engine import Trainer
+from training.finetune import (
+    FINETUNE_RECIPES,
+    FinetuneConfig,
+    FinetuneError,
+    finetune,
+    project_data,
+    promotion_decision,
+)
 from training.registry import Registry, main
+from training.retrieval import RetrievalScores, hold_out, retrieval_scores
 
 
 def _rle(mask: np.ndarray) -> list[int]:

@@ -12,8 +12,19 @@ import pytest
 from training.datasets.refcoco import refer_dataset
 from training.datasets.synthetic import synthetic_dataset
 from training.synthetic import (
-    COLOURS, DOMAINS, HELD_OUT_PAIRS, KINDS, SHAPES, SPLITS, DomainConfig, SyntheticConfig, bag_of_words_oracle,
-    generate_scene, resolve, synthetic_config, write_benchmark,
+    COLOURS,
+    DOMAINS,
+    HELD_OUT_PAIRS,
+    KINDS,
+    SHAPES,
+    SPLITS,
+    DomainConfig,
+    SyntheticConfig,
+    bag_of_words_oracle,
+    generate_scene,
+    resolve,
+    synthetic_config,
+    write_benchmark,
 )
 
 from .conftest import SMALL

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .base import (
-    CocoSegmentation, DatasetError, Expression, MaskFile, PolygonMask, ReferringDataset, Sample, load_image,
+    CocoSegmentation,
+    DatasetError,
+    Expression,
+    MaskFile,
+    PolygonMask,
+    ReferringDataset,
+    Sample,
+    load_image,
 )
 from .jsonl import jsonl_dataset
 from .label_studio import label_studio_dataset

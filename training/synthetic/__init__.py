@@ -26,7 +26,16 @@ Modules:
 """
 
 from .config import (
-    COLOURS, DOMAINS, HELD_OUT_PAIRS, KINDS, SHAPES, SIZES, SPLITS, Domain, DomainConfig, SyntheticConfig,
+    COLOURS,
+    DOMAINS,
+    HELD_OUT_PAIRS,
+    KINDS,
+    SHAPES,
+    SIZES,
+    SPLITS,
+    Domain,
+    DomainConfig,
+    SyntheticConfig,
     synthetic_config,
 )
 from .grammar import RELATIONS, SceneExpression, SceneObject, bag_of_words_oracle, refer, resolve
