@@ -60,10 +60,11 @@ from sag import SaG
 from sag.pipeline import segment_texts
 from training.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests/ is not installed: its process helper is found from the checkout
+# The helper the tests stop their processes with. Imported as a module of tests/, not as tests.processes: the
+# label-studio-converter wheel installs a top-level `tests` package of its own, which would shadow this checkout's.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # last: nothing of ours is shadowed
 
-from tests.processes import stop_processes  # noqa: E402
+from processes import stop_processes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABEL_CONFIG = """
