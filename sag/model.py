@@ -15,6 +15,7 @@ from torch import nn
 
 from .checkpoint import CheckpointInfo, read_checkpoint, save_pretrained
 from .config import SaGConfig
+from .confidence import region_match
 from .device import resolve_device
 from .decoder import SpatialBroadcastDecoder
 from .entity import EntityDiscovery
@@ -71,6 +72,13 @@ class Segmentation:
     score: float  # the largest A_fuse: how confidently the text picks out an entity
     # (H, W) the bilinear map before edge-aware refinement (sag/refine.py) when one was applied, else None
     unrefined: torch.Tensor | None = None
+    # Evidence for sag.confidence, in [0, 1] (None where not measured): how much better the text (for spatial words,
+    # its head) matches the entities under the mask than those outside it (sag.confidence.region_match); for a
+    # relation, the share of the mask inside the landmark's mask; the share of the text's words the tokenizer does not
+    # know (sag.confidence.unknown_word_share).
+    region_match: float | None = None
+    landmark_overlap: float | None = None
+    unknown_words: float | None = None
 
 
 @dataclass
@@ -215,6 +223,9 @@ class SaG(nn.Module):
                 mask=soft >= tau, soft=soft, fuse_attn=fuse_attn[i], score=float(fuse_attn[i].max()),
                 unrefined=unrefined,
             ))
+        matches = region_match(self.fuse, image.entities, image.slot_attn, image.grid, [r.mask for r in results], text)
+        for seg, match in zip(results, matches):
+            seg.region_match = match
         return results
 
     @torch.no_grad()

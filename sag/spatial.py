@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .confidence import region_match, unknown_word_share
+
 # Relations, longest first so that "to the left of" wins over "left of". Value: (axis, sign) with axis 0 = x
 # (columns), 1 = y (rows), sign -1 = towards smaller coordinates (left, up); None = nearest ("next to").
 RELATIONS: dict[str, tuple[int, int] | None] = {
@@ -254,6 +256,7 @@ class TextQueries:
             index = torch.tensor(self.rows, device=image.entities.device)
             self.image = type(image)(image.entities[index], image.slot_attn[index], image.grid)  # an ImageEntities
         self.text = model.encode_text(**model.tokenize(texts + [t for _, t in extra]))
+        self.unknown_words = [unknown_word_share(model.text_encoder.tokenizer, t) for t in texts]
 
     def segment(self, sizes: Sequence[tuple[int, int]], guides: Sequence | None = None, **segment_kwargs) -> list:
         """B Segmentations at ``sizes``; ``guides`` and ``segment_kwargs`` (scheme, threshold, refine) as for
@@ -261,7 +264,9 @@ class TextQueries:
 
         For a text with spatial words the mask is the region :func:`select` picks from the mask of its ``head``
         (``soft`` is the head's map inside that region); ``fuse_attn``, ``score`` and ``unrefined`` stay those of the
-        whole text, so pointing and confidence still describe the model's own reading.
+        whole text, so pointing and confidence still describe the model's own reading. The confidence evidence of a
+        picked mask is measured on it: ``region_match`` with the head's text, ``landmark_overlap`` with the landmark's
+        mask; ``unknown_words`` is the whole text's.
         """
         if len(sizes) != self.count:
             raise ValueError(f"need one size per text, got {len(sizes)} for {self.count} texts")
@@ -272,7 +277,8 @@ class TextQueries:
         segs = self.model.segment(self.image, self.text, [sizes[r] for r in self.rows],
                                   guides=None if guides is None else [guides[r] for r in self.rows],
                                   **segment_kwargs)
-        out = segs[: self.count]
+        out = [replace(seg, unknown_words=share) for seg, share in zip(segs[: self.count], self.unknown_words)]
+        picks = []  # (pair, head row) of each mask that spatial words picked: its region_match is the head's
         for i, (query, (head, land)) in enumerate(zip(self.queries, self.slots)):
             if query is None:
                 continue
@@ -281,7 +287,16 @@ class TextQueries:
             picked = select(query, h.mask, h.soft, lm.mask if lm else None, lm.soft if lm else None)
             if picked is not None:
                 own = out[i].unrefined if out[i].unrefined is not None else out[i].soft
-                out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own)
+                overlap = (float((picked & lm.mask).sum()) / max(1, int(picked.sum()))) if lm else None
+                out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own, landmark_overlap=overlap)
+                picks.append((i, head))
+        if picks:
+            rows = torch.tensor([self.rows[head] for _, head in picks], device=self.image.entities.device)
+            texts = torch.tensor([head for _, head in picks], device=self.text.device)
+            matches = region_match(self.model.fuse, self.image.entities[rows], self.image.slot_attn[rows],
+                                   self.image.grid, [out[i].mask for i, _ in picks], self.text[texts])
+            for (i, _), match in zip(picks, matches):
+                out[i].region_match = match
         return out
 
 
