@@ -278,7 +278,7 @@ class TextQueries:
                                   guides=None if guides is None else [guides[r] for r in self.rows],
                                   **segment_kwargs)
         out = [replace(seg, unknown_words=share) for seg, share in zip(segs[: self.count], self.unknown_words)]
-        picks = []  # (pair, head row) of each mask that spatial words picked: its region_match is the head's
+        picks = []  # (pair, its head's index in segs) per mask that spatial words picked: region_match is the head's
         for i, (query, (head, land)) in enumerate(zip(self.queries, self.slots)):
             if query is None:
                 continue
@@ -291,10 +291,11 @@ class TextQueries:
                 out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own, landmark_overlap=overlap)
                 picks.append((i, head))
         if picks:
-            rows = torch.tensor([self.rows[head] for _, head in picks], device=self.image.entities.device)
-            texts = torch.tensor([head for _, head in picks], device=self.text.device)
+            heads = [head for _, head in picks]  # row j of self.image and self.text: segmented text j and its image
+            rows = torch.tensor(heads, device=self.image.entities.device)
             matches = region_match(self.model.fuse, self.image.entities[rows], self.image.slot_attn[rows],
-                                   self.image.grid, [out[i].mask for i, _ in picks], self.text[texts])
+                                   self.image.grid, [out[i].mask for i, _ in picks],
+                                   self.text[torch.tensor(heads, device=self.text.device)])
             for (i, _), match in zip(picks, matches):
                 out[i].region_match = match
         return out
