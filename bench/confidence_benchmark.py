@@ -5,14 +5,16 @@
    :func:`sag.confidence.mask_features` and its IoU.
 2. A logistic model of IoU (binomial deviance with the IoU as a fractional target, a small L2 penalty, Newton's
    method) is fitted on val with the served inference (the backend's default; pooling in the paper's inference, where
-   ``agreement`` is 1 by construction, would make that feature a flag for the weaker inference); its coefficients are what ``sag/confidence.py`` holds as
-   ``WEIGHTS`` / ``INTERCEPT`` (the script says whether they match; copy them there when it says not).
+   ``agreement`` is 1 by construction, would make that feature a flag for the weaker inference); its coefficients
+   are what ``sag/confidence.py`` holds as ``WEIGHTS`` / ``INTERCEPT`` (the script says whether they match; copy them
+   there when it says not).
 3. Reported on test and on the real-photo benchmark (``bench/real_photos.py``'s photos and texts; the checkpoint and
    the untrained default model): Spearman(score, IoU), and of the lowest-scored 20 % of masks (the review-first list)
-   how many have IoU < 0.3. Beside it the same for each feature alone and for the score the backend sent before, the
-   largest A_fuse.
+   how many have IoU < 0.3. Beside it the same for each feature alone (``spearman_per_feature``, with the share of
+   unknown words, which is a fixed factor of the score rather than a fitted feature) and for the score the backend
+   sent before, the largest A_fuse.
 
-    python bench/confidence_benchmark.py --checkpoint /work/ckpt/runs/<run>/checkpoints/step-... --data /work/ckpt/data
+    python bench/confidence_benchmark.py --checkpoint <run>/checkpoints/step-00000625 --data <folder holding synthetic/>
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from sag import SaG  # noqa: E402
 from sag.confidence import FEATURES, INTERCEPT, WEIGHTS, combine, mask_features, rank_report  # noqa: E402
 from sag.metrics import iou  # noqa: E402
+from training import real_photos  # noqa: E402
 from training.datasets.synthetic import synthetic_dataset  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 
@@ -42,7 +45,7 @@ L2 = 1e-3
 
 
 def _real_photos():
-    """bench/real_photos.py as a module (bench/ is no package)."""
+    """bench/real_photos.py as a module (bench/ is no package): its ``default_model``."""
     if "real_photos" not in sys.modules:
         spec = importlib.util.spec_from_file_location("real_photos", ROOT / "bench" / "real_photos.py")
         module = importlib.util.module_from_spec(spec)
@@ -53,7 +56,8 @@ def _real_photos():
 
 def collect_synthetic(model: SaG, data_root: Path, split: str, refine: str, spatial: bool,
                       limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features (M, F), IoU (M,) and largest A_fuse (M,) of every expression of a synthetic split."""
+    """Features (M, F + 1: FEATURES, then the share of unknown words), IoU (M,) and largest A_fuse (M,) of every
+    expression of a synthetic split."""
     data = synthetic_dataset(data_root, split)
     feats, ious, fuse = [], [], []
     tau = model.config.threshold
@@ -61,7 +65,7 @@ def collect_synthetic(model: SaG, data_root: Path, split: str, refine: str, spat
     def hook(samples, _image, per_scheme) -> None:
         for sample, seg in zip(samples, per_scheme["ours"]):
             f = mask_features(seg, tau)
-            feats.append([f[name] for name in FEATURES])
+            feats.append([f[name] for name in FEATURES] + [seg.unknown_words or 0.0])
             ious.append(iou(seg.mask, sample.mask))
             fuse.append(seg.score)
 
@@ -72,12 +76,11 @@ def collect_synthetic(model: SaG, data_root: Path, split: str, refine: str, spat
 
 def collect_real(model: SaG, cases: list) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The same per inference on the real-photo benchmark."""
-    rp = _real_photos()
     out = {}
     tau = model.config.threshold
-    for name, segs in rp.model_segmentations(model, cases).items():
-        feats = [[mask_features(seg, tau)[f] for f in FEATURES] for seg in segs]
-        ious = [rp.score_case(case, seg.mask.cpu().numpy())["iou"] for case, seg in zip(cases, segs)]
+    for name, segs in real_photos.model_segmentations(model, cases).items():
+        feats = [[mask_features(seg, tau)[f] for f in FEATURES] + [seg.unknown_words or 0.0] for seg in segs]
+        ious = [real_photos.score_case(case, seg.mask.cpu().numpy())["iou"] for case, seg in zip(cases, segs)]
         out[name] = (np.asarray(feats, np.float64), np.asarray(ious, np.float64),
                      np.asarray([seg.score for seg in segs], np.float64))
     return out
@@ -102,19 +105,22 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, steps: int = 50) 
 
 
 LARGEST = FEATURES.index("largest")  # 0 only for an empty mask, which mask_confidence scores 0
+UNKNOWN = len(FEATURES)  # the trailing column: the share of unknown words, a fixed factor (1 - share), not fitted
 
 
 def scores(x: np.ndarray, weights, intercept: float) -> np.ndarray:
-    """What :func:`sag.confidence.mask_confidence` gives for each row of features (M, F) with these constants."""
-    return np.array([combine(dict(zip(FEATURES, row)), weights, intercept) if row[LARGEST] > 0 else 0.0
-                     for row in x])
+    """What :func:`sag.confidence.mask_confidence` gives for each row of features (M, F + 1) with these constants."""
+    return np.array([combine(dict(zip(FEATURES, row)), weights, intercept) * (1.0 - row[UNKNOWN])
+                     if row[LARGEST] > 0 else 0.0 for row in x])
 
 
 def report_for(x: np.ndarray, y: np.ndarray, fuse: np.ndarray, weights, intercept: float) -> dict:
     """The score's ranking report, and each feature's and the largest A_fuse's Spearman for comparison."""
     base = rank_report(scores(x, weights, intercept), y)
     base["mean_iou"] = round(float(y.mean()), 4)
-    base["spearman_per_feature"] = {f: rank_report(x[:, i], y)["spearman"] for i, f in enumerate(FEATURES)}
+    base["spearman_per_feature"] = {f: rank_report(x[:, i], y)["spearman"]
+                                    for i, f in enumerate((*FEATURES, "unknown_words"))}
+    base["mean_unknown_words"] = round(float(x[:, UNKNOWN].mean()), 4)
     base["spearman_max_fuse_attn"] = rank_report(fuse, y)["spearman"]
     return base
 
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{synthetic[(split, name)][1].mean():.3f}", flush=True)
     x_val, y_val, _ = synthetic[("val", "served")]
     keep = x_val[:, LARGEST] > 0  # empty masks score 0 by rule, not by the fit
-    weights, intercept = fit_logistic(x_val[keep], y_val[keep])
+    weights, intercept = fit_logistic(x_val[keep][:, :UNKNOWN], y_val[keep])
     fitted = {"weights": [round(float(w), 3) for w in weights], "intercept": round(intercept, 3)}
     committed = {"weights": list(WEIGHTS), "intercept": INTERCEPT}
     match = committed == fitted
@@ -156,10 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic": {f"{split}/{name}": report_for(*synthetic[(split, name)], use_w, use_b)
                       for split in ("val", "test") for name, _, _ in INFERENCES},
     }
-    rp = _real_photos()
-    data = rp.load_texts()
-    cases = rp.load_cases(data, rp.fetch_archives(data, args.cache or rp.DEFAULT_CACHE))
-    default, preset = rp.default_model(args.seed)
+    data = real_photos.load_texts()
+    cases = real_photos.load_cases(data, real_photos.fetch_archives(data, args.cache or real_photos.DEFAULT_CACHE))
+    default, preset = _real_photos().default_model(args.seed)
     result["real_photos"] = {}
     for label, m in ((f"checkpoint {model.version}", model), (f"untrained {preset} (seed {args.seed})", default)):
         for name, (x, y, fuse) in collect_real(m, cases).items():

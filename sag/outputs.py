@@ -94,6 +94,12 @@ class Segmentation:
         score: the largest A_fuse: how confidently the text picks out an entity.
         unrefined: (H, W) the bilinear map before edge-aware refinement (:mod:`sag.refine`) when one was applied,
             else ``None``.
+        region_match, landmark_overlap, unknown_words: the evidence :mod:`sag.confidence` scores the mask with, each
+            in [0, 1], ``None`` where not measured (:meth:`SaG.segment <sag.model.SaG.segment>` leaves them so;
+            :class:`sag.pipeline.TextQueries` fills them): how much better the text (for spatial words, its head)
+            matches the entities under the mask than those outside it (:func:`sag.confidence.region_match`); for a
+            relation, the share of the mask inside the landmark's mask; the share of the text's words the tokenizer
+            does not know (:func:`sag.confidence.unknown_word_share`).
     """
 
     mask: torch.Tensor
@@ -101,6 +107,9 @@ class Segmentation:
     fuse_attn: torch.Tensor
     score: float
     unrefined: torch.Tensor | None = None
+    region_match: float | None = None
+    landmark_overlap: float | None = None
+    unknown_words: float | None = None
 
 
 @dataclass

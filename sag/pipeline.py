@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .confidence import region_match, unknown_word_share
 from .model import SaG
 from .outputs import ImageEntities, Segmentation
 from .preprocess import ImageLike, image_size
@@ -89,6 +90,7 @@ class TextQueries:
             index = torch.tensor(self.rows, device=image.entities.device)
             self.image = ImageEntities(image.entities[index], image.slot_attn[index], image.grid)
         self.text = model.encode_text(**model.tokenize(texts + [t for _, t in extra]))
+        self.unknown_words = [unknown_word_share(model.text_encoder.tokenizer, t) for t in texts]
 
     def segment(self, sizes: Sequence[tuple[int, int]], guides: Sequence[ImageLike] | None = None,
                 scheme: str = "ours", threshold: float | None = None,
@@ -99,6 +101,10 @@ class TextQueries:
         For a text with spatial words the mask is the region :func:`sag.spatial.select` picks from the mask of its
         ``head`` (``soft`` is the head's map inside that region); ``fuse_attn``, ``score`` and ``unrefined`` stay
         those of the whole text, so pointing and confidence still describe the model's own reading.
+
+        Each mask also carries the evidence :mod:`sag.confidence` scores it with, measured on the mask served:
+        ``region_match`` with the text (for a picked region, with its head's text: the words that name the object),
+        ``landmark_overlap`` with the landmark's mask (relations), ``unknown_words`` of the whole text.
         """
         if len(sizes) != self.count:
             raise ValueError(f"need one size per text, got {len(sizes)} for {self.count} texts")
@@ -109,7 +115,8 @@ class TextQueries:
         segs = self.model.segment(self.image, self.text, [sizes[r] for r in self.rows],
                                   guides=None if guides is None else [guides[r] for r in self.rows],
                                   scheme=scheme, threshold=threshold, refine=refine)
-        out = segs[: self.count]
+        out = [replace(seg, unknown_words=share) for seg, share in zip(segs[: self.count], self.unknown_words)]
+        matched = list(range(self.count))  # per pair: the segmented text whose words region_match reads
         for i, (query, (head, land)) in enumerate(zip(self.queries, self.slots)):
             if query is None:
                 continue
@@ -118,7 +125,15 @@ class TextQueries:
             picked = select(query, h.mask, h.soft, lm.mask if lm else None, lm.soft if lm else None)
             if picked is not None:
                 own = out[i].unrefined if out[i].unrefined is not None else out[i].soft
-                out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own)
+                overlap = float((picked & lm.mask).sum()) / max(1, int(picked.sum())) if lm else None
+                out[i] = replace(out[i], mask=picked, soft=h.soft * picked, unrefined=own, landmark_overlap=overlap)
+                matched[i] = head
+        if out:
+            rows = torch.tensor(matched, device=self.image.entities.device)
+            matches = region_match(self.model.fuse, self.image.entities[rows], self.image.slot_attn[rows],
+                                   self.image.grid, [seg.mask for seg in out], self.text[rows.to(self.text.device)])
+            for seg, match in zip(out, matches):
+                seg.region_match = match
         return out
 
 

@@ -1,11 +1,26 @@
 """sag.confidence: the per-mask score that the backend sends as a region's ``score``, and the ranking helpers that
 measure it."""
 
+from dataclasses import replace
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from sag.confidence import FEATURES, WEIGHTS, mask_confidence, mask_features, rank_report, spearman
+from sag.confidence import (
+    FEATURES,
+    NO_EVIDENCE,
+    WEIGHTS,
+    attention_margin,
+    mask_confidence,
+    mask_features,
+    rank_report,
+    region_match,
+    spearman,
+    unknown_word_share,
+)
 from sag.outputs import Segmentation
 from sag.pipeline import predict
 
@@ -112,6 +127,72 @@ def test_a_real_segmentation_gets_a_score(tiny_model, random_images):
     segs = predict(tiny_model, images, ["the red circle", "the leftmost square"], refine="guided", spatial=True)
     for seg in segs:
         assert 0.0 <= mask_confidence(seg, tiny_model.config.threshold) <= 1.0
+
+
+def test_the_margin_is_zero_for_a_tie_and_one_for_one_hot():
+    assert attention_margin(torch.full((6,), 1 / 6)) == 0.0
+    assert attention_margin(torch.tensor([0.0, 1.0, 0.0, 0.0])) == 1.0
+    assert attention_margin(torch.tensor([0.5, 0.3, 0.2])) == pytest.approx(0.2)
+    assert attention_margin(torch.tensor([2.0, 2.0, 1.0])) == 0.0  # unnormalised weights: two entities tie
+    assert attention_margin(torch.tensor([1.0])) == 0.0  # one entity: nothing was chosen
+
+
+def _identity_fusion(entities: torch.Tensor, text: torch.Tensor):
+    """A stand-in for model.fuse whose embedding is the (single) entity itself: z = e / |e|."""
+    return SimpleNamespace(z=F.normalize(entities.mean(1), dim=-1))
+
+
+def test_region_match_sees_which_object_the_mask_covers():
+    """Two entities: the left half of a 4 x 4 grid is entity 0, which points where the text does; the right half
+    is entity 1, orthogonal to it. A mask on the left matches the text, one on the right does not."""
+    entities = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (1, K=2, D=2)
+    slot_attn = torch.zeros(1, 16, 2)
+    columns = torch.arange(16) % 4
+    slot_attn[0, columns < 2, 0] = 1.0
+    slot_attn[0, columns >= 2, 1] = 1.0
+    text = torch.tensor([[3.0, 0.0]])
+    left = torch.zeros(32, 32, dtype=torch.bool)
+    left[:, :16] = True  # at the image's size (8 pixels a patch): the left half, all of entity 0
+    right = left.flip(1)
+    match = lambda mask: region_match(_identity_fusion, entities, slot_attn, (4, 4), [mask], text)[0]  # noqa: E731
+    assert match(left) == 1.0
+    assert match(right) == 0.0
+    assert match(torch.zeros(32, 32, dtype=torch.bool)) == NO_EVIDENCE  # nothing inside: no evidence
+    assert match(torch.ones(32, 32, dtype=torch.bool)) == NO_EVIDENCE  # nothing outside
+    with pytest.raises(ValueError, match="one mask"):
+        region_match(_identity_fusion, entities, slot_attn, (4, 4), [left, right], text)
+
+
+def test_a_mask_on_the_object_the_text_matches_scores_higher():
+    seg = _seg(_blob(30, 34, 5.0), _peaked_fuse())
+    assert mask_features(seg, TAU)["region_match"] == NO_EVIDENCE  # built without the evidence
+    matched, unmatched = replace(seg, region_match=0.9), replace(seg, region_match=0.2)
+    assert mask_confidence(matched, TAU) > mask_confidence(seg, TAU) > mask_confidence(unmatched, TAU)
+    on_landmark = replace(seg, landmark_overlap=1.0)
+    assert mask_confidence(on_landmark, TAU) < mask_confidence(seg, TAU)
+
+
+def test_a_text_with_unknown_words_scores_lower(tiny_model):
+    tokenizer = tiny_model.text_encoder.tokenizer
+    assert unknown_word_share(tokenizer, "the red circle on the left") == 0.0
+    assert unknown_word_share(tokenizer, "the quokka") == 0.5  # the tiny vocabulary spells it in characters
+    assert unknown_word_share(tokenizer, "?!") == 0.0
+    seg = _seg(_blob(30, 34, 5.0), _peaked_fuse())
+    assert mask_confidence(replace(seg, unknown_words=0.5), TAU) == pytest.approx(0.5 * mask_confidence(seg, TAU))
+    assert mask_confidence(replace(seg, unknown_words=1.0), TAU) == 0.0
+
+
+def test_served_segmentations_carry_the_evidence(tiny_model, random_images):
+    images = random_images([(48, 40)] * 3)
+    texts = ["the red circle", "the square above the blue star", "the leftmost zyxwv"]
+    segs = predict(tiny_model, images, texts, refine="guided", spatial=True)
+    for seg in segs:
+        assert 0.0 <= seg.region_match <= 1.0
+    assert segs[0].landmark_overlap is None and segs[0].unknown_words == 0.0
+    assert segs[1].landmark_overlap is None or 0.0 <= segs[1].landmark_overlap <= 1.0
+    assert segs[2].unknown_words == pytest.approx(1 / 3)  # "zyxwv" of "the leftmost zyxwv"
+    again = predict(tiny_model, images, texts, refine="guided", spatial=True)
+    assert [s.region_match for s in again] == [s.region_match for s in segs]  # deterministic
 
 
 def test_spearman_and_the_review_list():
