@@ -173,6 +173,11 @@ FINETUNE_RECIPES: dict[str, FinetuneConfig] = {
     # The paper's training as it is, on the project's pairs: every part trains (the backbones at lr x 0.1), C^3 +
     # reconstruction. Hours on a CPU with the default model.
     "paper": FinetuneConfig(lr=1e-5, freeze_image_backbone=False, freeze_image_side=False),
+    # New words only: each word the tokenizer spells out gets its own embedding row, and only the text backbone's
+    # embeddings train (lr 1e-3, 60 passes, at most 600 steps); every other weight is the serving version's, so the
+    # words the model knew keep their meaning. Chosen on the domain-shift val split (bench/README.md, "Domain shift").
+    "words": FinetuneConfig(epochs=60, max_steps=600, lr=1e-3, backbone_lr_scale=1.0,
+                            trainable=("word_embeddings",), new_words=True),
 }
 
 
