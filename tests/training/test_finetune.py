@@ -342,3 +342,9 @@ def test_trainable_names_parts_the_image_side_settings_allow():
         FinetuneConfig(trainable=("entity", "fusion"))  # the fast recipe keeps the image side fixed
     config = FinetuneConfig(trainable=["entity", "fusion"], freeze_image_side=False)
     assert config.train_only() == ("entity", "fusion") and FinetuneConfig().train_only() is None
+
+
+def test_the_words_recipe_trains_only_the_word_embeddings_with_new_rows():
+    words = FINETUNE_RECIPES["words"]
+    assert words.new_words and words.train_only() == ("text_encoder.backbone.embeddings",)
+    assert words.freeze_image_side and FINETUNE_RECIPES["fast"].trainable is None
