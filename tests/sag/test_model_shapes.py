@@ -109,3 +109,16 @@ def test_mobilenet_backbone_loads_real_imagenet_weights():
     assert not torch.allclose(w_pre, w_rand)
     feats, grid = model.image_encoder(torch.randn(1, 3, 224, 224))
     assert grid == (14, 14) and feats.shape == (1, 196, 96)
+
+
+def test_without_the_reconstruction_loss_the_decoder_is_skipped_and_c3_is_unchanged():
+    torch.manual_seed(0)
+    model = SaG(tiny_config(image_size=32)).eval()
+    pixels, tokens = torch.randn(2, 3, 32, 32), model.tokenize(["a red square", "a blue circle"])
+    full = model(pixels, **tokens)
+    model.config.recon_weight = 0.0
+    calls = []
+    model.decoder.register_forward_hook(lambda *args: calls.append(1))
+    out = model(pixels, **tokens)
+    assert not calls and float(out.recon) == 0.0
+    assert torch.allclose(out.loss, full.c3) and torch.allclose(out.c3, full.c3) and float(full.recon) > 0

@@ -348,3 +348,16 @@ def test_the_words_recipe_trains_only_the_word_embeddings_with_new_rows():
     words = FINETUNE_RECIPES["words"]
     assert words.new_words and words.train_only() == ("text_encoder.backbone.embeddings",)
     assert words.freeze_image_side and FINETUNE_RECIPES["fast"].trainable is None
+
+
+def test_entity_discovery_trains_without_reconstruction_and_the_candidate_keeps_the_loss_weights(scenes, registry,
+                                                                                                 tmp_path):
+    parent = registry.current()
+    tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
+    config = replace(UNCHECKED, freeze_image_side=False, reconstruction=False, trainable=("entity",), lr=1e-2)
+    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), config, tmp_path / "run")
+    before, after = _weights(registry, parent), _weights(registry, result.version)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("entity.") for k in changed), sorted(changed)
+    candidate = SaG.from_pretrained(registry.get(result.version).path)
+    assert candidate.config.recon_weight == SaG.from_pretrained(registry.get(parent).path).config.recon_weight == 1.0
