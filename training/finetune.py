@@ -167,7 +167,6 @@ class FinetuneConfig:
         return None if self.trainable is None else tuple(TRAINABLE_PARTS[p] for p in self.trainable)
 
 
-
 # SAG_FINETUNE_RECIPE name -> the FinetuneConfig a Start Training run starts from (SAG_FINETUNE_* override fields).
 FINETUNE_RECIPES: dict[str, FinetuneConfig] = {
     # The measured default: the image side fixed and cached, the text side and the fusion trained on C^3
