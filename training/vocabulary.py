@@ -36,8 +36,9 @@ def new_words(encoder: TextEncoder, texts: Iterable[str], min_count: int = 1) ->
 def add_words(encoder: TextEncoder, words: list[str]) -> list[str]:
     """Add ``words`` to ``encoder``'s tokenizer as whole words, each with a new row of the input embeddings
     initialised as the mean of the rows of the pieces it was split into (a start near what it read before, as
-    for any new wordpiece; training moves it from there). Returns the words added (those not already whole). The tokenizer and the backbone's config
-    grow in place, so a checkpoint saved afterwards rebuilds with them (:func:`sag.text_encoder.load_text_encoder`).
+    for any new wordpiece; training moves it from there). Returns the words added (those not already whole). The
+    tokenizer and the backbone's config grow in place, so a checkpoint saved afterwards rebuilds with them
+    (:func:`sag.text_encoder.load_text_encoder`).
     """
     from tokenizers import AddedToken
 
