@@ -113,6 +113,8 @@ class SaG(nn.Module):
         text = self.encode_text(input_ids, attention_mask)
         fused = self.fuse(image.entities, text, all_pairs=True)
         c3 = c3_loss(fused.z, text, self.config.c3_temperature)
+        if self.config.recon_weight == 0:  # the loss would not change: skip the decoder, the costliest head
+            return TrainOutput(loss=c3, c3=c3, recon=c3.new_zeros(()))
         recon, _ = self.decoder(image.entities, image.grid)
         rec = reconstruction_loss(recon, image.features)
         return TrainOutput(loss=c3 + self.config.recon_weight * rec, c3=c3, recon=rec)

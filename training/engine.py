@@ -72,6 +72,10 @@ class TrainConfig:
     # text encoder and the fusion: on 2 CPU cores about 0.7 s instead of 30-45 s with the default model's
     # paper-size heads (bench/README.md, "Start Training"). Implies freeze_image_backbone; needs a feature_cache.
     freeze_image_side: bool = False
+    # Train only these sub-modules of the model (attribute paths, e.g. "text_encoder.backbone.embeddings"): every
+    # other parameter is fixed and every other module in eval mode. None: what the freeze_* fields leave trainable.
+    # Applied after them, so it cannot name a frozen part.
+    train_only: tuple[str, ...] | None = None
     time_budget_s: float | None = None  # stop (validating and checkpointing) once this much wall time has passed
     weight_decay: float = 1e-4
     warmup_steps: int = 0
@@ -105,6 +109,15 @@ class TrainConfig:
             raise ValueError("freeze_image_side freezes the image backbone too: set freeze_image_backbone")
         if self.freeze_image_side and self.feature_cache == "off":
             raise ValueError("freeze_image_side keeps entities per image: it needs a feature_cache")
+        if self.train_only is not None:
+            self.train_only = tuple(self.train_only)
+            if not self.train_only:
+                raise ValueError("train_only names no module: leave it None to train what is not frozen")
+            frozen = ["image_encoder"] if self.freeze_image_backbone else []
+            frozen += ["entity", "decoder"] if self.freeze_image_side else []
+            clash = [p for p in self.train_only if p.split(".")[0] in frozen]
+            if clash:
+                raise ValueError(f"train_only names {clash}, which the freeze_* settings keep fixed")
 
 
 @dataclass
@@ -203,6 +216,12 @@ class Trainer:
             if config.freeze_image_side:
                 model.entity.requires_grad_(False)
                 model.decoder.requires_grad_(False)
+        if config.train_only is not None:
+            trainable = [self._module(path) for path in config.train_only]
+            model.requires_grad_(False)
+            for module in trainable:
+                module.requires_grad_(True)
+        if config.freeze_image_backbone:
             if config.feature_cache != "off":
                 from .feature_cache import CachedCollator, CachedPairs, FeatureCache, cache_directory
 
@@ -327,6 +346,15 @@ class Trainer:
             dist.barrier()
         return TrainResult(self.step, self.best_checkpoint, self.best_metric, last_checkpoint, self.history)
 
+    def _module(self, path: str) -> nn.Module:
+        """The model's sub-module at attribute ``path`` (for ``train_only``); a clear error when there is none."""
+        module = self.model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+            if not isinstance(module, nn.Module):
+                raise ValueError(f"train_only: the model has no sub-module {path!r}")
+        return module
+
     def _due(self, every: int | None, epoch_end: bool, done: bool) -> bool:
         return done or (every is None and epoch_end) or (every is not None and self.step % every == 0)
 
@@ -338,6 +366,10 @@ class Trainer:
         if self.config.freeze_image_side:
             self.model.entity.eval()
             self.model.decoder.eval()
+        if self.config.train_only is not None:
+            self.model.eval()
+            for path in self.config.train_only:
+                self._module(path).train()
 
     def _forward(self, images, input_ids, attention_mask, sync: bool):
         """One micro-batch: ``images`` are pixels (B, 3, S, S), or :class:`CachedImages` with a feature cache."""

@@ -44,6 +44,18 @@ Report = Callable[[dict[str, Any]], None]
 FINGERPRINT = "finetune.json"
 
 
+# FinetuneConfig.trainable's names -> sub-modules of a SaG model.
+TRAINABLE_PARTS: dict[str, str] = {
+    "word_embeddings": "text_encoder.backbone.embeddings",  # token (and position) embeddings of the text backbone
+    "text_encoder": "text_encoder.backbone",  # the text backbone, its embeddings included
+    "text_proj": "text_encoder.proj",
+    "fusion": "fusion",
+    "entity": "entity",  # entity discovery (needs freeze_image_side off)
+    "decoder": "decoder",  # the reconstruction decoder (needs freeze_image_side off)
+    "image_encoder": "image_encoder",  # the image backbone (needs both freezes off)
+}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """How a project fine-tune runs. The backend builds it from its settings (``SAG_FINETUNE_*``)."""
@@ -94,6 +106,16 @@ class FinetuneConfig:
     # judges the masks annotators get. None: the checkpoint's own ``mask_refine``.
     mask_refine: str | None = None
     spatial_words: bool | None = None  # likewise for sag.spatial; None: the checkpoint's own ``spatial_words``
+    # Which parts train (names of TRAINABLE_PARTS); every other part keeps its weights. None: whatever the
+    # freeze_* fields leave trainable (with freeze_image_side: the text side and the fusion).
+    trainable: tuple[str, ...] | None = None
+    backbone_lr_scale: float = 0.1  # the image and text backbones (the word embeddings too) train at lr x this
+    # Give each word of the project's texts that the tokenizer splits into pieces its own embedding row before
+    # training (training/vocabulary.py), so that teaching one new word does not move another that shares pieces.
+    new_words: bool = False
+    # With the image side trained: also the reconstruction loss. Off, entity discovery learns from C^3 alone and a
+    # step skips the reconstruction decoder (16 s of a 30-45 s step of the default model on 2 CPU cores).
+    reconstruction: bool = True
     show_progress: bool = True  # a tqdm bar on stderr
 
     def __post_init__(self) -> None:
@@ -117,6 +139,19 @@ class FinetuneConfig:
                              f"{self.heldout_max_pairs}")
         if self.freeze_image_side and not (self.freeze_image_backbone and self.feature_cache):
             raise ValueError("freeze_image_side needs freeze_image_backbone and feature_cache")
+        if self.backbone_lr_scale <= 0:
+            raise ValueError(f"backbone_lr_scale must be positive, got {self.backbone_lr_scale}")
+        if self.trainable is not None:
+            object.__setattr__(self, "trainable", tuple(self.trainable))  # frozen dataclass; a list from JSON
+            unknown = [p for p in self.trainable if p not in TRAINABLE_PARTS]
+            if unknown or not self.trainable:
+                raise ValueError(f"trainable: unknown or no parts {unknown}; choose from {sorted(TRAINABLE_PARTS)}")
+            fixed = {"image_encoder"} if self.freeze_image_backbone else set()
+            fixed |= {"entity", "decoder"} if self.freeze_image_side else set()
+            clash = sorted(fixed.intersection(self.trainable))
+            if clash:
+                raise ValueError(f"trainable names {clash}, which freeze_image_backbone / freeze_image_side keep "
+                                 "fixed")
 
 
     def steps_for(self, pairs: int) -> int:
@@ -127,6 +162,10 @@ class FinetuneConfig:
         per_epoch = math.ceil(pairs / max(1, min(self.batch_size, pairs)))
         return max(1, min(self.max_steps, self.epochs * per_epoch))
 
+    def train_only(self) -> tuple[str, ...] | None:
+        """``trainable`` as the model's sub-module paths (TrainConfig.train_only); None when not set."""
+        return None if self.trainable is None else tuple(TRAINABLE_PARTS[p] for p in self.trainable)
+
 
 # SAG_FINETUNE_RECIPE name -> the FinetuneConfig a Start Training run starts from (SAG_FINETUNE_* override fields).
 FINETUNE_RECIPES: dict[str, FinetuneConfig] = {
@@ -136,6 +175,17 @@ FINETUNE_RECIPES: dict[str, FinetuneConfig] = {
     # The paper's training as it is, on the project's pairs: every part trains (the backbones at lr x 0.1), C^3 +
     # reconstruction. Hours on a CPU with the default model.
     "paper": FinetuneConfig(lr=1e-5, freeze_image_backbone=False, freeze_image_side=False),
+    # New words only: each word the tokenizer spells out gets its own embedding row, and only the text backbone's
+    # embeddings train (lr 1e-3, 60 passes, at most 600 steps); every other weight is the serving version's, so the
+    # words the model knew keep their meaning. Chosen on the domain-shift val split (bench/README.md, "Domain shift").
+    "words": FinetuneConfig(epochs=60, max_steps=600, lr=1e-3, backbone_lr_scale=1.0,
+                            trainable=("word_embeddings",), new_words=True),
+    # New words, and entity discovery learning the project's look: the image backbone fixed and cached, entity
+    # discovery and the word embeddings (new words with their own rows) trained on C^3 + reconstruction (through the
+    # fixed decoder), lr 3e-4, 20 passes, at most 200 steps. Chosen on the domain-shift val split; a step of the
+    # default model costs about 7 s on 2 CPU cores without the decoder, far more with it: for small models or a GPU.
+    "entities": FinetuneConfig(lr=3e-4, backbone_lr_scale=1.0, freeze_image_side=False,
+                               trainable=("entity", "word_embeddings"), new_words=True),
 }
 
 
@@ -348,10 +398,18 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
 
     from .engine import TrainConfig, Trainer
 
+    added: list[str] = []
+    if config.new_words:  # after the serving version was scored: it reads the texts as it always did
+        from .vocabulary import add_words, new_words
+
+        texts = (e.text for e in train_pairs.expressions)
+        added = add_words(model.text_encoder, new_words(model.text_encoder, texts))
+        log.info("fine-tune: %d new word(s) with their own embedding rows: %s", len(added), ", ".join(added[:20]))
     _prepare_workdir(workdir, _fingerprint(parent, data, config))
     steps = config.steps_for(len(train_pairs))
     every = max(1, min(config.checkpoint_every, steps // 4))
     train_config = TrainConfig(max_steps=steps, batch_size=min(config.batch_size, len(train_pairs)), lr=config.lr,
+                               backbone_lr_scale=config.backbone_lr_scale, train_only=config.train_only(),
                                eval_every=every, checkpoint_every=every,
                                keep_last=1, precision=config.precision, seed=config.seed, resume=True,
                                log_every=max(1, min(10, steps // 10)),
@@ -384,7 +442,13 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
 
     report({"stage": "training", "step": 0, "total": steps, "loss": None, "eta_s": None})
     trainer.progress = on_step
-    trained = trainer.fit()
+    recon_weight = model.config.recon_weight
+    if not config.reconstruction:
+        model.config.recon_weight = 0.0  # for this run only: the candidate keeps the serving version's config
+    try:
+        trained = trainer.fit()
+    finally:
+        model.config.recon_weight = recon_weight
 
     candidate_miou = candidate_retrieval = None
     if data.validation is not None or heldout is not None:
@@ -414,7 +478,7 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
         "trained": True,
         "trained_on": {"source": "label-studio", "pairs": len(train_pairs), "images": data.images,
                        "heldout_pairs": len(heldout) if heldout else 0,
-                       "validation_masks": data.validation_size},
+                       "validation_masks": data.validation_size, "new_words": added},
         "pairs": pairs,
         "metrics": metrics,
         "promotion": {"promoted": decision.promote, "reason": decision.reason},

@@ -96,3 +96,16 @@ def test_unknown_backbones_are_named_in_the_error():
         SaG(tiny_config(image_backbone="resnet9000"))
     with pytest.raises(OSError, match="could not load text backbone"):
         SaG(tiny_config(text_backbone="/nonexistent/bert"), pretrained=True)
+
+
+def test_without_the_reconstruction_loss_the_decoder_is_skipped_and_c3_is_unchanged():
+    torch.manual_seed(0)
+    model = SaG(tiny_config(image_size=32)).eval()
+    pixels, tokens = torch.randn(2, 3, 32, 32), model.tokenize(["a red square", "a blue circle"])
+    full = model(pixels, **tokens)
+    model.config.recon_weight = 0.0
+    calls = []
+    model.decoder.register_forward_hook(lambda *args: calls.append(1))
+    out = model(pixels, **tokens)
+    assert not calls and float(out.recon) == 0.0
+    assert torch.allclose(out.loss, full.c3) and torch.allclose(out.c3, full.c3) and float(full.recon) > 0

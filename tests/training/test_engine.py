@@ -173,3 +173,13 @@ def test_mixed_precision_on_cuda(pairs, tmp_path, precision):
     result = Trainer(model, pairs, _config(max_steps=2, precision=precision), tmp_path, show_progress=False).fit()
     assert result.steps == 2 and all(math.isfinite(r["loss"]) for r in result.history)
     assert all(p.dtype == torch.float32 for p in model.parameters()), "weights stay fp32 under autocast"
+
+
+def test_train_only_cannot_name_a_frozen_part_or_nothing():
+    with pytest.raises(ValueError, match="entity"):
+        TrainConfig(freeze_image_backbone=True, freeze_image_side=True, train_only=("entity", "fusion"))
+    with pytest.raises(ValueError, match="image_encoder"):
+        TrainConfig(freeze_image_backbone=True, train_only=["image_encoder.blocks"])
+    with pytest.raises(ValueError, match="names no module"):
+        TrainConfig(train_only=())
+    assert TrainConfig(train_only=["fusion"]).train_only == ("fusion",)

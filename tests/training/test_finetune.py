@@ -296,3 +296,75 @@ def test_the_fast_recipe_is_the_default_and_the_paper_recipe_one_name_away():
     assert not (paper.freeze_image_side or paper.freeze_image_backbone)
     with pytest.raises(ValueError, match="freeze_image_side"):
         FinetuneConfig(freeze_image_backbone=False, freeze_image_side=True)
+
+
+def _weights(registry: Registry, version: str) -> dict[str, torch.Tensor]:
+    return SaG.from_pretrained(registry.get(version).path).state_dict()
+
+
+def test_trainable_parts_change_and_every_other_part_keeps_its_weights(scenes, registry, tmp_path):
+    parent = registry.current()
+    tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
+    config = replace(UNCHECKED, trainable=("word_embeddings", "fusion"), backbone_lr_scale=1.0, lr=1e-2)
+    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), config, tmp_path / "run")
+    before, after = _weights(registry, parent), _weights(registry, result.version)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trained = ("text_encoder.backbone.embeddings.", "fusion.")
+    assert changed and all(k.startswith(trained) for k in changed), sorted(changed)
+    assert any(k.startswith("fusion.") for k in changed)
+    assert "text_encoder.backbone.embeddings.word_embeddings.weight" in changed
+    assert registry.get(result.version).metadata["finetune"]["trainable"] == ["word_embeddings", "fusion"]
+
+
+def test_new_words_get_their_own_embedding_rows_and_old_words_keep_theirs(registry, tmp_path):
+    """Words the tiny tokenizer spells out in characters ("hexagon", "heart") become whole tokens whose rows start
+    at the mean of their pieces'; with only the fusion trained, every existing row is unchanged."""
+    rng = np.random.default_rng(1)
+    tasks = []
+    for i, text in enumerate(["the red hexagon", "a blue heart", "the hexagon on the left", "a green heart",
+                              "the big hexagon", "the heart at the top"]):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3)).astype(np.uint8)).save(path)
+        tasks.append({"id": i, "data": {"image": str(path), "text": text}})
+    parent = registry.current()
+    config = replace(UNCHECKED, new_words=True, trainable=("fusion",))
+    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), config, tmp_path / "run")
+    assert sorted(registry.get(result.version).metadata["trained_on"]["new_words"]) == ["heart", "hexagon"]
+    old, new = SaG.from_pretrained(registry.get(parent).path), SaG.from_pretrained(registry.get(result.version).path)
+    assert new.text_encoder.tokenizer.tokenize("The hexagon, hearts") == ["the", "hexagon", ","] + \
+        old.text_encoder.tokenizer.tokenize("hearts")  # whole words only: "hearts" is still spelled out
+    old_rows = old.text_encoder.backbone.get_input_embeddings().weight
+    new_rows = new.text_encoder.backbone.get_input_embeddings().weight
+    assert new_rows.shape[0] == old_rows.shape[0] + 2 and torch.equal(new_rows[:old_rows.shape[0]], old_rows)
+    tok = old.text_encoder.tokenizer
+    pieces = tok.convert_tokens_to_ids(tok.tokenize("hexagon"))
+    row = new.text_encoder.tokenizer.convert_tokens_to_ids("hexagon")
+    assert torch.allclose(new_rows[row], old_rows[pieces].mean(dim=0))
+
+
+def test_trainable_names_parts_the_image_side_settings_allow():
+    with pytest.raises(ValueError, match="unknown"):
+        FinetuneConfig(trainable=("wings",))
+    with pytest.raises(ValueError, match="entity"):
+        FinetuneConfig(trainable=("entity", "fusion"))  # the fast recipe keeps the image side fixed
+    config = FinetuneConfig(trainable=["entity", "fusion"], freeze_image_side=False)
+    assert config.train_only() == ("entity", "fusion") and FinetuneConfig().train_only() is None
+
+
+def test_the_words_recipe_trains_only_the_word_embeddings_with_new_rows():
+    words = FINETUNE_RECIPES["words"]
+    assert words.new_words and words.train_only() == ("text_encoder.backbone.embeddings",)
+    assert words.freeze_image_side and FINETUNE_RECIPES["fast"].trainable is None
+
+
+def test_entity_discovery_trains_without_reconstruction_and_the_candidate_keeps_the_loss_weights(scenes, registry,
+                                                                                                 tmp_path):
+    parent = registry.current()
+    tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
+    config = replace(UNCHECKED, freeze_image_side=False, reconstruction=False, trainable=("entity",), lr=1e-2)
+    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), config, tmp_path / "run")
+    before, after = _weights(registry, parent), _weights(registry, result.version)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("entity.") for k in changed), sorted(changed)
+    candidate = SaG.from_pretrained(registry.get(result.version).path)
+    assert candidate.config.recon_weight == SaG.from_pretrained(registry.get(parent).path).config.recon_weight == 1.0
