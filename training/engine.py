@@ -216,12 +216,6 @@ class Trainer:
             if config.freeze_image_side:
                 model.entity.requires_grad_(False)
                 model.decoder.requires_grad_(False)
-        if config.train_only is not None:
-            trainable = [self._module(path) for path in config.train_only]
-            model.requires_grad_(False)
-            for module in trainable:
-                module.requires_grad_(True)
-        if config.freeze_image_backbone:
             if config.feature_cache != "off":
                 from .feature_cache import CachedCollator, CachedPairs, FeatureCache, cache_directory
 
@@ -229,6 +223,11 @@ class Trainer:
                 self.feature_cache = FeatureCache.for_model(model, directory, batch_size=config.batch_size)
                 self.loader_data = CachedPairs(train_data)
                 self.collate = CachedCollator(model.text_encoder.tokenizer, model.text_encoder.max_tokens)
+        if config.train_only is not None:
+            trainable = [self._module(path) for path in config.train_only]
+            model.requires_grad_(False)
+            for module in trainable:
+                module.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
