@@ -40,7 +40,7 @@ from .model import TRAIN_EVENTS, SaGModel, project_id_of
 from .predictions import PredictionService
 from .runtime import Runtime, set_runtime
 from .settings import Settings
-from .versions import served_figures, served_version
+from .versions import served_summary, served_version
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,8 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None, runtime
         info: dict[str, Any] = {"status": "UP", "model_class": SaGModel.__name__,
                                 "mode": "embedded" if settings.embedded else "redis"}
         try:
-            current = runtime.registry.current()
-            info["model_version"] = served_version(runtime.registry, current)  # "+untrained" etc. for placeholders
-            info["figures"] = served_figures(runtime.registry, current)  # last measured (metadata), or "not measured"
+            # model_version with "+untrained" etc. for placeholders; figures: last measured, or "not measured"
+            info.update(served_summary(runtime.registry))
             info["workers"] = dispatcher.workers()
         except RedisError as exc:
             return jsonify(status="DOWN", detail=f"Redis is unreachable: {type(exc).__name__}"), 503

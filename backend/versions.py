@@ -62,11 +62,13 @@ def served_version(registry: Registry, version_id: str | None = None) -> str | N
     return label_studio_version(version_id, registry.get(version_id).metadata)
 
 
-def served_figures(registry: Registry, version_id: str | None = None) -> dict[str, Any]:
-    """The last measured figures of ``version_id`` (default: the serving version), read from its metadata (no
-    evaluation): {"synthetic": {...} | "not measured", "real_photos": {...} | "not measured"}
-    (:func:`training.figures.figures`); every benchmark "not measured" when nothing is served yet."""
-    version_id = registry.current() if version_id is None else version_id
+def served_summary(registry: Registry) -> dict[str, Any]:
+    """What ``/health`` says of the serving version, from one read of its metadata (no evaluation):
+    ``{"model_version": served_version(...), "figures": {"synthetic": {...} | "not measured", "real_photos": ...}}``
+    (:func:`training.figures.figures`); ``model_version`` None and every benchmark "not measured" when nothing is
+    served yet."""
+    version_id = registry.current()
     if version_id is None:
-        return figures({})
-    return figures(registry.get(version_id).metadata)
+        return {"model_version": None, "figures": figures({})}
+    metadata = registry.get(version_id).metadata
+    return {"model_version": label_studio_version(version_id, metadata), "figures": figures(metadata)}
