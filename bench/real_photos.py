@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from sag import SaG  # noqa: E402
 from training.evaluate import baseline_mask  # noqa: E402
 from training.exceptions import BenchmarkDataError  # noqa: E402
-from training.figures import REAL_PHOTOS, make_figure  # noqa: E402
+from training.figures import REAL_PHOTOS  # noqa: E402
 from training.real_photos import (  # noqa: E402
     DATA_FILE,
     DEFAULT_CACHE,
@@ -55,6 +55,7 @@ from training.real_photos import (  # noqa: E402
     load_cases,
     load_texts,
     score_case,
+    served_figure,
     summarise,
 )
 from training.registry import record_figure  # noqa: E402
@@ -169,9 +170,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         sheet.quantize(colors=128, dither=Image.Dither.NONE).save(png, optimize=True)
         written += [out, png]
         if args.record and path is not None:
-            summary = results[SERVED]["summary"]["all"]
-            figure = make_figure(summary, summary["count"], fingerprint, SERVED, photos=len(data["photos"]))
-            record_figure(path, REAL_PHOTOS, figure)
+            record_figure(path, REAL_PHOTOS, served_figure(results, cases, fingerprint))
             print(f"recorded the {SERVED} figure in {path / 'metadata.json'}", flush=True)
     print(f"done in {time.perf_counter() - started:.0f} s: " + ", ".join(str(p.relative_to(ROOT)) for p in written))
     return written

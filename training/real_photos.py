@@ -333,10 +333,16 @@ def load_benchmark(path: Path = DATA_FILE, cache: Path = DEFAULT_CACHE, download
     return load_cases(data, fetch_archives(data, cache, download, retries)), data_fingerprint(path)
 
 
-def measure(model: SaG, cases: list[Case], fingerprint: str) -> dict[str, Any]:
-    """The served inference's figure over all ``cases`` (:func:`training.figures.make_figure`), as
-    ``sag-models import`` records it: mIoU, cIoU, acc@0.5 and the number of texts."""
-    results, _ = evaluate_model(model, cases, model.config.threshold, inferences=(SERVED,))
+def served_figure(results: dict, cases: list[Case], fingerprint: str) -> dict[str, Any]:
+    """The figure a version records (:func:`training.figures.make_figure`) from :func:`evaluate_model`'s
+    ``results`` over all ``cases``: the served inference's mIoU, cIoU, acc@0.5 and the number of texts."""
     summary = results[SERVED]["summary"]["all"]
     photos = len({case.photo.id for case in cases})
     return make_figure(summary, summary["count"], fingerprint, SERVED, photos=photos)
+
+
+def measure(model: SaG, cases: list[Case], fingerprint: str) -> dict[str, Any]:
+    """Score ``model`` on ``cases`` with the served inference and return its figure (:func:`served_figure`), as
+    ``sag-models import`` records it."""
+    results, _ = evaluate_model(model, cases, model.config.threshold, inferences=(SERVED,))
+    return served_figure(results, cases, fingerprint)
