@@ -258,6 +258,14 @@ def test_the_model_does_not_import_the_pipeline_above_it():
                          "imports none of it):\n  " + "\n  ".join(reached))
 
 
+def write_tree(root: Path, files: dict[str, str], monkeypatch) -> None:
+    """Write a source tree of ``files`` (path -> text) under ``root`` and point this module's checks at it."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    monkeypatch.setitem(globals(), "ROOT", root)
+
+
 def test_the_checker_sees_every_kind_of_import(tmp_path, monkeypatch):
     """The scanner itself: relative, absolute, inside functions, ``from package import module``, and upward ones."""
     files = {
@@ -271,11 +279,7 @@ def test_the_checker_sees_every_kind_of_import(tmp_path, monkeypatch):
         "backend/__init__.py": "",
         "backend/c.py": "import sag\n",
     }
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    (tmp_path / "sag" / "d.py").write_text("from backend import c\n")
-    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    write_tree(tmp_path, {**files, "sag/d.py": "from backend import c\n"}, monkeypatch)
     graph = import_graph()
     assert graph["sag.a"] == {"sag.b": 2} and graph["sag.b"] == {"sag.a": 1}
     assert graph["training.datasets.x"] == {"training.y": 1}
@@ -310,10 +314,7 @@ def test_the_backend_layer_check_sees_each_kind_of_break(tmp_path, monkeypatch):
         "backend/stray.py": "",
         "backend/worker.py": "from .training_jobs import run\n",
     }
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    write_tree(tmp_path, files, monkeypatch)
     assert backend_layer_violations(import_graph()) == [
         "backend/labelstudio/client.py:2: backend.labelstudio.client (backend.labelstudio) imports "
         "backend.predictions (the serving path), a layer above it",
