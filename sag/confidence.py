@@ -2,8 +2,8 @@
 
 Label Studio sorts and filters tasks by a prediction's ``score`` and annotators review the lowest first, so the score
 should rank masks the way their quality ranks them. The largest A_fuse alone does not: it says how sure the text is of
-an entity, not whether that entity's map is a clean object. :func:`mask_features` measures twelve things, each in
-[0, 1]:
+an entity, not whether that entity's map is a clean object. :func:`mask_features` measures sixteen things, each in
+[0, 1]. Ten describe the maps and the mask's shape:
 
 - ``peak``: how peaked A_fuse is, 1 - entropy / log K (1: one entity takes all the attention; 0: uniform);
 - ``coverage``: the fraction of the plain map (before refinement) at or above tau: a map that is "on" everywhere
@@ -18,34 +18,53 @@ an entity, not whether that entity's map is a clean object. :func:`mask_features
   whose edge moves with the threshold lies on a shallow slope;
 - ``area``: the served mask's share of the image (a mask over half the photo is mostly background);
 - ``support``: the served map's mean inside the mask;
-- ``margin``: A_fuse's largest share minus its second largest (0: two entities tie; 1: one takes all);
+- ``margin``: A_fuse's largest share minus its second largest (0: two entities tie; 1: one takes all).
+
+Four read the model's own text-image matching, the C^3 similarity of a fused embedding z with the text x^T, cos(z,
+x^T), as training compares them (:func:`match_evidence`). For a text with spatial words the text is its head ("the
+red circle" of "the leftmost red circle"): the served region should be a red circle, whichever of them the spatial
+words pick. They look at *which* object the mask covers, not at its shape:
+
 - ``region_match``: how much better the text matches the entities under the served mask than the entities
   outside it, as the model's own text-image matching (the C^3 similarity of the fused embedding with the text)
-  reads it: 0.5 + (cos(z_in, x^T) - cos(z_out, x^T)) / 2, clipped to [0, 1] (:func:`region_match`). For a text with
-  spatial words the text is its head ("the red circle" of "the leftmost red circle"): the served region should be a
-  red circle, whichever of them the spatial words pick. This is the one feature that looks at *which* object the mask
-  covers, not at its shape; 0.5 (no evidence) when the Segmentation does not carry it;
-- ``landmark_overlap``: for a relation ("... above the blue star"), the share of the served mask inside the landmark's
-  mask: the head's mask fell on the landmark itself (0 for other texts).
+  reads it: 0.5 + (cos(z_in, x^T) - cos(z_out, x^T)) / 2, clipped to [0, 1]; 0.5 when the mask is empty or
+  covers every patch;
+- ``pair_match``: how well the text matches the whole image, 0.5 + cos(z, x^T) / 2;
+- ``entity_inside``: the share of the mask's main entity (the one with the most slot attention inside the mask) that
+  lies inside it: the mask holds its object whole, not a part of it;
+- ``entity_gap``: whether that main entity is the one the text matches best, 1 + (cos(z_main, x^T) - max_k cos(z_k,
+  x^T)) / 2: 1 when it is, lower the worse it matches.
 
-:func:`mask_confidence` combines them with a logistic model fitted to IoU on the synthetic benchmark's val split
-(``bench/confidence_benchmark.py`` fits the coefficients below and scores the test split and the real-photo benchmark),
-so the score reads as an estimate of the mask's IoU, in [0, 1]. One fixed rule is not fitted, since the synthetic
-benchmark has no unknown words to fit it on: the score is multiplied by 1 - the share of the text's words the model's
-tokenizer does not know (:func:`unknown_word_share`; ``Segmentation.unknown_words``): a mask for a word the model
-never learned cannot follow it. What it is worth is measured, not assumed: on the
-synthetic test split Spearman(score, IoU) is about 0.43 (0.27 with the first nine features alone; bench/README.md,
-"Mask confidence"). Most bad masks there are clean masks of the wrong object, which no feature of the mask's shape can
-tell from the right one; ``region_match`` is the feature that sees it (Spearman 0.30 alone), and it is only as good as
-the model's own matching of texts to entities. Deterministic; pure torch and numpy
+Each is 0.5 (0 for ``entity_inside``: no evidence) when the Segmentation does not carry it. The last two are of the
+text: ``landmark_overlap``, for a relation ("... above the blue star"), the share of the served mask inside the
+landmark's mask: the head's mask fell on the landmark itself (0 for other texts); and ``words``, the text's word count
+over ``MAX_WORDS`` (the model reads long texts worse).
+
+:func:`mask_confidence` combines them with gradient-boosted regression trees fitted to IoU (:class:`TreeEnsemble`,
+shipped as ``confidence_model.json``; ``bench/confidence_benchmark.py`` fits it on the synthetic benchmark's train
+split as two checkpoints serve it and scores the val and test splits and the real-photo benchmark), so the score reads
+as an estimate of the mask's IoU, in [0, 1]. Features interact (a large mask is bad unless it matches the text well),
+which a logistic model could not express: one of twelve of these features, fitted on val, ranked test masks 0.08-0.19
+worse. The trees are constrained monotone: the score never falls as the evidence for the mask rises (a higher
+``region_match``, a more peaked attention, ...) nor rises with the evidence against it.
+One fixed rule is not fitted, since the synthetic benchmark has no unknown words to fit it on: the score is
+multiplied by 1 - the share of the text's words the model's tokenizer does not know (:func:`unknown_word_share`;
+``Segmentation.unknown_words``): a mask for a word the model never learned cannot follow it. What it is worth is
+measured, not assumed (bench/README.md, "Mask confidence"): most bad masks are clean masks of the wrong object, which
+only the matching features can tell from the right one, and those are only as good as the model's own matching of
+texts to entities. Deterministic; pure torch and numpy
 (connected regions with ``scipy.ndimage``, as :mod:`sag.spatial`). The maps are read at most ``WORK_SIDE`` pixels a
 side, so a large photo costs as much as a small one.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -54,18 +73,18 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 FEATURES: tuple[str, ...] = ("peak", "coverage", "contrast", "largest", "fill", "agreement", "stability", "area",
-                              "support", "margin", "region_match", "landmark_overlap")
-# Logistic model of IoU: sigmoid(INTERCEPT + sum_i WEIGHTS[i] * feature_i), in FEATURES' order. Fitted by
-# bench/confidence_benchmark.py on the synthetic val split, served inference (guided refinement + spatial words);
-# bench/results/confidence.json has the fit and the scores. Features that overlap share their weight (coverage, area
-# and contrast all see a large map), so a single weight's sign says little on its own.
-WEIGHTS: tuple[float, ...] = (1.167, -1.064, -1.302, 1.408, 0.272, 0.434, 0.819, -3.827, -0.681, 0.144, 2.203,
-                               -0.836)
-INTERCEPT: float = -2.15
+                              "support", "margin", "region_match", "landmark_overlap", "pair_match", "entity_inside",
+                              "entity_gap", "words")
+# The fitted model of IoU over FEATURES: gradient-boosted regression trees that bench/confidence_benchmark.py fits on
+# the synthetic benchmark's train split as served, and writes here (bench/results/confidence.json has the fit and
+# the scores). Package data, read once.
+MODEL_FILE = Path(__file__).with_name("confidence_model.json")
 WORK_SIDE = 128  # maps are read at most this many pixels a side (nearest neighbour for masks)
 AGREEMENT_MARGIN = 0.05  # the window of the agreement feature: the served mask's box grown by this much of the side
 STABILITY_DELTA = 0.1  # the served map thresholded at tau +- this for the stability feature
-NO_EVIDENCE = 0.5  # region_match of a Segmentation that does not carry one: neither better nor worse than elsewhere
+NO_EVIDENCE = 0.5  # a matching feature a Segmentation does not carry: neither better nor worse than elsewhere
+WORD = r"[A-Za-z0-9']+"  # a word, for word_count and unknown_word_share
+MAX_WORDS = 20  # the words feature: the text's word count over this, capped at 1
 UNKNOWN_PIECES = 3  # a word the tokenizer splits into this many pieces or more (or [UNK]) is one it does not know
 
 
@@ -120,15 +139,15 @@ def attention_margin(fuse_attn: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def region_match(fusion, entities: torch.Tensor, slot_attn: torch.Tensor, grid: tuple[int, int],
-                 masks: Sequence[torch.Tensor], text: torch.Tensor) -> list[float]:
-    """How much better each text matches the entities under its mask than those outside it, in [0, 1].
+def match_evidence(fusion, entities: torch.Tensor, slot_attn: torch.Tensor, grid: tuple[int, int],
+                   masks: Sequence[torch.Tensor], text: torch.Tensor) -> list[dict[str, float]]:
+    """What the model's own text-image matching says of each mask, in [0, 1] each: the four features
+    ``region_match``, ``pair_match``, ``entity_inside`` and ``entity_gap`` (module docstring).
 
-    The region's entity is the mix of the K entities by their slot attention inside the mask (the mask shrunk to the
-    patch grid by area); the text is fused with that one entity, and with the mix outside the mask, by the model's
-    own fusion (``model.fuse``), and each fused embedding z is compared with the text feature x^T by cosine, as C^3
-    compares them in training. Result: 0.5 + (cos(z_in, x^T) - cos(z_out, x^T)) / 2, clipped to [0, 1]; 0.5 when the
-    mask is empty or covers every patch.
+    Each entity set is weighted by its slot attention inside the mask (the mask shrunk to the patch grid by area).
+    The text is fused, by the model's own fusion (``model.fuse``), with the mix of the entities inside the mask, with
+    the mix outside it, with all of them and with each one alone, and each fused embedding z is compared with the
+    text feature x^T by cosine, as C^3 compares them in training.
 
     Args:
         fusion: the model's ``fuse`` (entities (B, K, D), text (B, D)) -> FusionOutput.
@@ -149,22 +168,47 @@ def region_match(fusion, entities: torch.Tensor, slot_attn: torch.Tensor, grid: 
     w_out = torch.einsum("bn,bnk->bk", 1.0 - inside, attn)
     usable = (w_in.sum(-1) > 1e-6) & (w_out.sum(-1) > 1e-6)
     ents = entities.float()
+    unit_text = F.normalize(text.float(), dim=-1)
+    b, k, d = ents.shape
 
     def cosine(weights: torch.Tensor) -> torch.Tensor:
         mix = torch.einsum("bk,bkd->bd", weights / weights.sum(-1, keepdim=True).clamp_min(1e-12), ents)
         z = fusion(mix[:, None].to(entities.dtype), text).z.float()
-        return (z * F.normalize(text.float(), dim=-1)).sum(-1)
+        return (z * unit_text).sum(-1)
 
     gain = cosine(w_in) - cosine(w_out)
-    return [float(min(1.0, max(0.0, 0.5 + float(g) / 2))) if ok else NO_EVIDENCE
-            for g, ok in zip(gain.cpu(), usable.cpu())]
+    pair = (fusion(entities, text).z.float() * unit_text).sum(-1)
+    # each entity alone, all B * K of them in one pass: (B, K) cosine of its fused embedding with the text
+    alone = fusion(entities.reshape(b * k, 1, d), text.repeat_interleave(k, 0)).z.float().reshape(b, k, -1)
+    per_entity = (alone * unit_text[:, None]).sum(-1)
+    main = w_in.argmax(-1)  # (B,) the entity with the most attention inside the mask
+    rows = torch.arange(b, device=main.device)
+    inside_share = w_in[rows, main] / attn.sum(1)[rows, main].clamp_min(1e-12)
+    gap = per_entity[rows, main] - per_entity.max(-1).values
+
+    def unit(x: float) -> float:
+        return float(min(1.0, max(0.0, x)))
+
+    out = []
+    for i, ok in enumerate(usable.cpu().tolist()):
+        has_inside = bool(w_in[i].sum() > 1e-6)
+        out.append({"region_match": unit(0.5 + float(gain[i]) / 2) if ok else NO_EVIDENCE,
+                    "pair_match": unit(0.5 + float(pair[i]) / 2),
+                    "entity_inside": unit(float(inside_share[i])) if has_inside else 0.0,
+                    "entity_gap": unit(1.0 + float(gap[i]) / 2) if has_inside else NO_EVIDENCE})
+    return out
+
+
+def word_count(text: str) -> int:
+    """The number of words (letters, digits and ') in ``text``, as :func:`unknown_word_share` counts them."""
+    return len(re.findall(WORD, text))
 
 
 def unknown_word_share(tokenizer, text: str) -> float:
     """The share of ``text``'s words (letters, digits and ') that ``tokenizer`` does not know, in [0, 1]: a word it
     maps to [UNK] or splits into UNKNOWN_PIECES pieces or more (the tiny test tokenizer falls back to characters; a
     real WordPiece vocabulary splits rare words). 0 for a text without words."""
-    words = re.findall(r"[A-Za-z0-9']+", text)
+    words = re.findall(WORD, text)
     if not words:
         return 0.0
     unknown = getattr(tokenizer, "unk_token", None)
@@ -180,8 +224,9 @@ def mask_features(seg, tau: float) -> dict[str, float]:
 
     Args:
         seg: a :class:`sag.outputs.Segmentation`: ``mask`` (H, W) bool, ``soft`` (H, W) in [0, 1], ``fuse_attn`` (K,),
-            ``unrefined`` (H, W) or None (then the plain map is ``soft``), and the optional ``region_match`` and
-            ``landmark_overlap`` (see the module docstring; defaults when None).
+            ``unrefined`` (H, W) or None (then the plain map is ``soft``), and the optional evidence
+            ``region_match``, ``landmark_overlap``, ``pair_match``, ``entity_inside``, ``entity_gap`` and
+            ``word_count`` (see the module docstring; defaults when None).
         tau: the threshold the mask was drawn with (``config.threshold``).
     """
     if not 0.0 < tau < 1.0:
@@ -190,11 +235,11 @@ def mask_features(seg, tau: float) -> dict[str, float]:
         raise ValueError(f"mask {tuple(seg.mask.shape)} and soft map {tuple(seg.soft.shape)} must be one (H, W)")
     plain_map = _shrink(seg.unrefined if seg.unrefined is not None else seg.soft).numpy()
     plain = plain_map >= tau
+    coverage = float(plain.mean())
     mask = _shrink(seg.mask).numpy() > 0.5
     if plain.shape != mask.shape:
         raise ValueError(f"unrefined map {tuple(seg.unrefined.shape)} and mask {tuple(seg.mask.shape)} differ")
     area = int(mask.sum())
-    coverage = float(plain.mean())
     if plain.any() and not plain.all():
         contrast = float(plain_map[plain].mean() - plain_map[~plain].mean())
     else:
@@ -215,7 +260,10 @@ def mask_features(seg, tau: float) -> dict[str, float]:
             "stability": min(1.0, stability),
             "area": area / mask.size, "support": min(1.0, support), "margin": attention_margin(seg.fuse_attn),
             "region_match": _field(seg, "region_match", NO_EVIDENCE),
-            "landmark_overlap": _field(seg, "landmark_overlap", 0.0)}
+            "landmark_overlap": _field(seg, "landmark_overlap", 0.0),
+            "pair_match": _field(seg, "pair_match", NO_EVIDENCE), "entity_inside": _field(seg, "entity_inside", 0.0),
+            "entity_gap": _field(seg, "entity_gap", NO_EVIDENCE),
+            "words": min(1.0, (seg.word_count or 0) / MAX_WORDS)}
 
 
 def _field(seg, name: str, default: float) -> float:
@@ -224,10 +272,67 @@ def _field(seg, name: str, default: float) -> float:
     return default if value is None else float(min(1.0, max(0.0, value)))
 
 
-def combine(features: dict[str, float], weights: Sequence[float] = WEIGHTS, intercept: float = INTERCEPT) -> float:
-    """The logistic model: sigmoid(intercept + weights . features), in [0, 1]."""
-    z = intercept + sum(w * features[name] for w, name in zip(weights, FEATURES))
-    return float(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z)))))
+@dataclass(frozen=True)
+class TreeEnsemble:
+    """Gradient-boosted regression trees over FEATURES: ``base + rate * sum of each tree's leaf``, clipped to [0, 1].
+
+    Tree t is five arrays over its nodes: ``feature`` and ``threshold`` of each split (a row goes left when its
+    feature is at most the threshold, as in scikit-learn's histogram gradient boosting, which fits them), ``left``
+    and ``right`` children (-1 at a leaf), and each leaf's ``value``. The file format is what :meth:`to_dict`
+    writes; scikit-learn is needed to fit, not to score.
+    """
+
+    features: tuple[str, ...]
+    base: float
+    rate: float
+    trees: tuple[dict[str, np.ndarray], ...]
+    fitted_on: dict
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TreeEnsemble":
+        types = {"feature": np.int64, "threshold": np.float64, "left": np.int64, "right": np.int64,
+                 "value": np.float64}
+        trees = tuple({k: np.asarray(t[k], dtype=dt) for k, dt in types.items()} for t in data["trees"])
+        return cls(tuple(data["features"]), float(data["base"]), float(data["rate"]), trees,
+                   dict(data.get("fitted_on", {})))
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.features), "base": self.base, "rate": self.rate, "fitted_on": self.fitted_on,
+                "trees": [{k: v.tolist() for k, v in t.items()} for t in self.trees]}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Rows of features (M, F), in ``features``' order -> (M,) estimated IoU in [0, 1]."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.features):
+            raise ValueError(f"need (M, {len(self.features)}) features, got {x.shape}")
+        rows = np.arange(len(x))
+        total = np.zeros(len(x))
+        for tree in self.trees:
+            node = np.zeros(len(x), dtype=np.int64)
+            while True:
+                inner = tree["left"][node] >= 0
+                if not inner.any():
+                    break
+                left = x[rows, np.maximum(tree["feature"][node], 0)] <= tree["threshold"][node]
+                node = np.where(inner, np.where(left, tree["left"][node], tree["right"][node]), node)
+            total += tree["value"][node]
+        return np.clip(self.base + self.rate * total, 0.0, 1.0)
+
+
+@functools.cache
+def fitted_model(path: Path = MODEL_FILE) -> TreeEnsemble:
+    """The ensemble in ``path`` (default: the one shipped with sag), read once; it must be over FEATURES."""
+    model = TreeEnsemble.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    if model.features != FEATURES:
+        raise ValueError(f"{path} scores the features {list(model.features)}, but sag.confidence measures "
+                         f"{list(FEATURES)}: refit it with bench/confidence_benchmark.py")
+    return model
+
+
+def combine(features: dict[str, float], model: TreeEnsemble | None = None) -> float:
+    """The fitted model's estimate of IoU from one mask's features (a dict over FEATURES), in [0, 1]."""
+    model = model or fitted_model()
+    return float(model.predict(np.array([[features[name] for name in model.features]]))[0])
 
 
 def mask_confidence(seg, tau: float) -> float:

@@ -94,12 +94,15 @@ class Segmentation:
         score: the largest A_fuse: how confidently the text picks out an entity.
         unrefined: (H, W) the bilinear map before edge-aware refinement (:mod:`sag.refine`) when one was applied,
             else ``None``.
-        region_match, landmark_overlap, unknown_words: the evidence :mod:`sag.confidence` scores the mask with, each
-            in [0, 1], ``None`` where not measured (:meth:`SaG.segment <sag.model.SaG.segment>` leaves them so;
-            :class:`sag.pipeline.TextQueries` fills them): how much better the text (for spatial words, its head)
-            matches the entities under the mask than those outside it (:func:`sag.confidence.region_match`); for a
-            relation, the share of the mask inside the landmark's mask; the share of the text's words the tokenizer
-            does not know (:func:`sag.confidence.unknown_word_share`).
+        region_match, landmark_overlap, pair_match, entity_inside, entity_gap, unknown_words, word_count: the
+            evidence :mod:`sag.confidence` scores the mask with, ``None`` where not measured
+            (:meth:`SaG.segment <sag.model.SaG.segment>` leaves them so; :class:`sag.pipeline.TextQueries` fills
+            them). Each in [0, 1] but the count: how much better the text (for spatial words, its head) matches the
+            entities under the mask than those outside it, how well it matches the image, how much of the mask's
+            main entity the mask holds, and whether that entity is the one the text matches best
+            (:func:`sag.confidence.match_evidence`); for a relation, the share of the mask inside the landmark's
+            mask; the share of the text's words the tokenizer does not know
+            (:func:`sag.confidence.unknown_word_share`); the text's number of words.
     """
 
     mask: torch.Tensor
@@ -109,7 +112,11 @@ class Segmentation:
     unrefined: torch.Tensor | None = None
     region_match: float | None = None
     landmark_overlap: float | None = None
+    pair_match: float | None = None
+    entity_inside: float | None = None
+    entity_gap: float | None = None
     unknown_words: float | None = None
+    word_count: int | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .confidence import region_match, unknown_word_share
+from .confidence import match_evidence, unknown_word_share, word_count
 from .model import SaG
 from .outputs import ImageEntities, Segmentation
 from .preprocess import ImageLike, image_size
@@ -91,6 +91,7 @@ class TextQueries:
             self.image = ImageEntities(image.entities[index], image.slot_attn[index], image.grid)
         self.text = model.encode_text(**model.tokenize(texts + [t for _, t in extra]))
         self.unknown_words = [unknown_word_share(model.text_encoder.tokenizer, t) for t in texts]
+        self.word_counts = [word_count(t) for t in texts]
 
     def segment(self, sizes: Sequence[tuple[int, int]], guides: Sequence[ImageLike] | None = None,
                 scheme: str = "ours", threshold: float | None = None,
@@ -103,8 +104,9 @@ class TextQueries:
         those of the whole text, so pointing and confidence still describe the model's own reading.
 
         Each mask also carries the evidence :mod:`sag.confidence` scores it with, measured on the mask served:
-        ``region_match`` with the text (for a picked region, with its head's text: the words that name the object),
-        ``landmark_overlap`` with the landmark's mask (relations), ``unknown_words`` of the whole text.
+        :func:`sag.confidence.match_evidence` with the text (for a picked region, with its head's text: the words
+        that name the object), ``landmark_overlap`` with the landmark's mask (relations), ``unknown_words`` and
+        ``word_count`` of the whole text.
         """
         if len(sizes) != self.count:
             raise ValueError(f"need one size per text, got {len(sizes)} for {self.count} texts")
@@ -115,8 +117,9 @@ class TextQueries:
         segs = self.model.segment(self.image, self.text, [sizes[r] for r in self.rows],
                                   guides=None if guides is None else [guides[r] for r in self.rows],
                                   scheme=scheme, threshold=threshold, refine=refine)
-        out = [replace(seg, unknown_words=share) for seg, share in zip(segs[: self.count], self.unknown_words)]
-        matched = list(range(self.count))  # per pair: the segmented text whose words region_match reads
+        out = [replace(seg, unknown_words=share, word_count=words)
+               for seg, share, words in zip(segs[: self.count], self.unknown_words, self.word_counts)]
+        matched = list(range(self.count))  # per pair: the segmented text whose words match_evidence reads
         for i, (query, (head, land)) in enumerate(zip(self.queries, self.slots)):
             if query is None:
                 continue
@@ -130,10 +133,9 @@ class TextQueries:
                 matched[i] = head
         if out:
             rows = torch.tensor(matched, device=self.image.entities.device)
-            matches = region_match(self.model.fuse, self.image.entities[rows], self.image.slot_attn[rows],
-                                   self.image.grid, [seg.mask for seg in out], self.text[rows.to(self.text.device)])
-            for seg, match in zip(out, matches):
-                seg.region_match = match
+            evidence = match_evidence(self.model.fuse, self.image.entities[rows], self.image.slot_attn[rows],
+                                      self.image.grid, [seg.mask for seg in out], self.text[rows.to(self.text.device)])
+            out = [replace(seg, **found) for seg, found in zip(out, evidence)]
         return out
 
 

@@ -1,6 +1,7 @@
 """sag.confidence: the per-mask score that the backend sends as a region's ``score``, and the ranking helpers that
 measure it."""
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -11,15 +12,18 @@ import torch.nn.functional as F
 
 from sag.confidence import (
     FEATURES,
+    MODEL_FILE,
     NO_EVIDENCE,
-    WEIGHTS,
+    TreeEnsemble,
     attention_margin,
+    fitted_model,
     mask_confidence,
     mask_features,
+    match_evidence,
     rank_report,
-    region_match,
     spearman,
     unknown_word_share,
+    word_count,
 )
 from sag.outputs import Segmentation
 from sag.pipeline import predict
@@ -72,7 +76,6 @@ def test_plain_and_refined_masks_that_disagree_score_lower():
     disagreeing = _seg(soft, fuse, unrefined=_blob(32, 39, 5.0))
     assert mask_features(agreeing, TAU)["agreement"] == 1.0
     assert mask_features(disagreeing, TAU)["agreement"] < 0.6
-    assert WEIGHTS[FEATURES.index("agreement")] > 0
     assert mask_confidence(disagreeing, TAU) < mask_confidence(agreeing, TAU)
 
 
@@ -154,13 +157,45 @@ def test_region_match_sees_which_object_the_mask_covers():
     left = torch.zeros(32, 32, dtype=torch.bool)
     left[:, :16] = True  # at the image's size (8 pixels a patch): the left half, all of entity 0
     right = left.flip(1)
-    match = lambda mask: region_match(_identity_fusion, entities, slot_attn, (4, 4), [mask], text)[0]  # noqa: E731
+    def match(mask: torch.Tensor) -> float:
+        return match_evidence(_identity_fusion, entities, slot_attn, (4, 4), [mask], text)[0]["region_match"]
+
     assert match(left) == 1.0
     assert match(right) == 0.0
     assert match(torch.zeros(32, 32, dtype=torch.bool)) == NO_EVIDENCE  # nothing inside: no evidence
     assert match(torch.ones(32, 32, dtype=torch.bool)) == NO_EVIDENCE  # nothing outside
     with pytest.raises(ValueError, match="one mask"):
-        region_match(_identity_fusion, entities, slot_attn, (4, 4), [left, right], text)
+        match_evidence(_identity_fusion, entities, slot_attn, (4, 4), [left, right], text)
+
+
+def test_match_evidence_sees_whether_the_mask_holds_the_best_matching_entity_whole():
+    """Three entities on a 4 x 4 grid, in columns 0-1, 2 and 3. The text points along entity 0, away from entity 1;
+    entity 2 is half-way. A mask over columns 0-1 holds the best-matching entity whole; one over column 0 holds half
+    of it; one over column 2 holds an entity that matches worse."""
+    entities = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # (1, K=3, D=2)
+    slot_attn = torch.zeros(1, 16, 3)
+    columns = torch.arange(16) % 4
+    slot_attn[0, columns < 2, 0] = 1.0
+    slot_attn[0, columns == 2, 1] = 1.0
+    slot_attn[0, columns == 3, 2] = 1.0
+    text = torch.tensor([[2.0, 0.0]])
+
+    def evidence(cols: slice) -> dict:
+        mask = torch.zeros(32, 32, dtype=torch.bool)
+        mask[:, cols] = True  # 8 pixels a patch
+        return match_evidence(_identity_fusion, entities, slot_attn, (4, 4), [mask], text)[0]
+
+    whole, half, wrong = evidence(slice(0, 16)), evidence(slice(0, 8)), evidence(slice(16, 24))
+    assert whole["entity_gap"] == half["entity_gap"] == 1.0  # the mask's main entity is the best match
+    assert wrong["entity_gap"] == pytest.approx(0.5)  # cosine 0 against 1 for the best: 1 + (0 - 1) / 2
+    assert whole["entity_inside"] == 1.0 and half["entity_inside"] == pytest.approx(0.5)
+    assert wrong["region_match"] < 0.5 < whole["region_match"]
+    # the whole image matches the text as the mean entity does: z = normalise(mean of the three)
+    mean = F.normalize(entities.mean(1), dim=-1)[0]
+    assert whole["pair_match"] == pytest.approx(0.5 + float(mean[0]) / 2)
+    for found in (whole, half, wrong):
+        assert set(found) == {"region_match", "pair_match", "entity_inside", "entity_gap"}
+        assert all(0.0 <= v <= 1.0 for v in found.values())
 
 
 def test_a_mask_on_the_object_the_text_matches_scores_higher():
@@ -187,7 +222,9 @@ def test_served_segmentations_carry_the_evidence(tiny_model, random_images):
     texts = ["the red circle", "the square above the blue star", "the leftmost zyxwv"]
     segs = predict(tiny_model, images, texts, refine="guided", spatial=True)
     for seg in segs:
-        assert 0.0 <= seg.region_match <= 1.0
+        for value in (seg.region_match, seg.pair_match, seg.entity_inside, seg.entity_gap):
+            assert 0.0 <= value <= 1.0
+    assert [seg.word_count for seg in segs] == [3, 6, 3]
     assert segs[0].landmark_overlap is None and segs[0].unknown_words == 0.0
     assert segs[1].landmark_overlap is None or 0.0 <= segs[1].landmark_overlap <= 1.0
     assert segs[2].unknown_words == pytest.approx(1 / 3)  # "zyxwv" of "the leftmost zyxwv"
@@ -206,3 +243,55 @@ def test_spearman_and_the_review_list():
     assert rank_report([-v for v in iou], iou)["review_iou_below_0.3"] == 0
     with pytest.raises(ValueError):
         rank_report([0.1, 0.2], [0.3])
+
+
+def test_word_count_counts_words_not_punctuation():
+    assert word_count("the man's hat, on the left!") == 6
+    assert word_count("?!") == 0
+
+
+def _stump(feature: int, threshold: float, low: float, high: float) -> dict:
+    """One depth-1 tree: ``low`` when the feature is at most ``threshold``, else ``high``."""
+    return {"feature": [feature, -2, -2], "threshold": [threshold, -2.0, -2.0], "left": [1, -1, -1],
+            "right": [2, -1, -1], "value": [0.0, low, high]}
+
+
+def test_a_tree_ensemble_scores_by_its_splits_and_round_trips():
+    fill = FEATURES.index("fill")
+    model = TreeEnsemble.from_dict({"features": list(FEATURES), "base": 0.5, "rate": 0.5,
+                                    "trees": [_stump(fill, 0.25, 0.4, -0.4), _stump(fill, 0.5, 0.0, -2.0)]})
+    x = np.zeros((4, len(FEATURES)))
+    x[:, fill] = [0.1, 0.25, 0.3, 0.9]
+    # 0.5 + 0.5 * (0.4 + 0) = 0.7; at the threshold a row goes left; 0.5 + 0.5 * (-0.4) = 0.3; clipped at 0
+    assert model.predict(x).tolist() == pytest.approx([0.7, 0.7, 0.3, 0.0])
+    again = TreeEnsemble.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again.predict(x).tolist() == model.predict(x).tolist()
+    with pytest.raises(ValueError, match="features"):
+        model.predict(x[:, :3])
+
+
+def test_the_shipped_model_is_over_the_measured_features(tmp_path):
+    model = fitted_model()
+    assert model.features == FEATURES and len(model.trees) > 0
+    other = tmp_path / "model.json"
+    other.write_text(json.dumps({**model.to_dict(), "features": list(FEATURES[:-1])}))
+    with pytest.raises(ValueError, match="refit it"):
+        fitted_model(other)
+    assert MODEL_FILE.is_file()
+
+
+def test_the_shipped_score_never_falls_as_evidence_for_the_mask_rises(rng):
+    """The fit is constrained monotone (bench/confidence_benchmark.py, MONOTONE): sweeping one feature over [0, 1]
+    with the others held at random values, the score rises (or stays) with the evidence for the mask and falls (or
+    stays) with the evidence against it."""
+    model = fitted_model()
+    monotone = model.fitted_on["monotone"]
+    assert monotone["region_match"] == 1 and monotone["landmark_overlap"] == -1
+    sweep = np.linspace(0.0, 1.0, 41)
+    for name, sign in monotone.items():
+        column = FEATURES.index(name)
+        for _ in range(20):
+            rows = np.repeat(rng.random((1, len(FEATURES))), len(sweep), axis=0)
+            rows[:, column] = sweep
+            steps = np.diff(model.predict(rows)) * sign
+            assert (steps >= -1e-12).all(), f"{name}: the score moves against its sign {sign}"
