@@ -300,22 +300,39 @@ class TreeEnsemble:
         return {"features": list(self.features), "base": self.base, "rate": self.rate, "fitted_on": self.fitted_on,
                 "trees": [{k: v.tolist() for k, v in t.items()} for t in self.trees]}
 
+    def __post_init__(self) -> None:
+        # The trees side by side, padded to the largest (T, N): predict() walks all of them in one step per level
+        # instead of one tree at a time (8 ms a mask for 300 trees, a tree at a time, on a CPU).
+        width = max((len(t["value"]) for t in self.trees), default=1)
+
+        def stack(key: str, fill: float, dtype) -> np.ndarray:
+            out = np.full((len(self.trees), width), fill, dtype=dtype)
+            for i, tree in enumerate(self.trees):
+                out[i, : len(tree[key])] = tree[key]
+            return out
+
+        object.__setattr__(self, "_stacked", {"feature": stack("feature", -2, np.int64),
+                                              "threshold": stack("threshold", 0.0, np.float64),
+                                              "left": stack("left", -1, np.int64),
+                                              "right": stack("right", -1, np.int64),
+                                              "value": stack("value", 0.0, np.float64)})
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Rows of features (M, F), in ``features``' order -> (M,) estimated IoU in [0, 1]."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"need (M, {len(self.features)}) features, got {x.shape}")
-        rows = np.arange(len(x))
-        total = np.zeros(len(x))
-        for tree in self.trees:
-            node = np.zeros(len(x), dtype=np.int64)
-            while True:
-                inner = tree["left"][node] >= 0
-                if not inner.any():
-                    break
-                left = x[rows, np.maximum(tree["feature"][node], 0)] <= tree["threshold"][node]
-                node = np.where(inner, np.where(left, tree["left"][node], tree["right"][node]), node)
-            total += tree["value"][node]
+        t = self._stacked
+        trees = np.arange(len(self.trees))[None, :]  # (1, T)
+        node = np.zeros((len(x), len(self.trees)), dtype=np.int64)  # (M, T): each row's node in each tree
+        while True:
+            inner = t["left"][trees, node] >= 0
+            if not inner.any():
+                break
+            value = np.take_along_axis(x, np.maximum(t["feature"][trees, node], 0), axis=1)
+            left = value <= t["threshold"][trees, node]
+            node = np.where(inner, np.where(left, t["left"][trees, node], t["right"][trees, node]), node)
+        total = t["value"][trees, node].sum(axis=1) if len(self.trees) else np.zeros(len(x))
         return np.clip(self.base + self.rate * total, 0.0, 1.0)
 
 

@@ -258,12 +258,14 @@ def _stump(feature: int, threshold: float, low: float, high: float) -> dict:
 
 def test_a_tree_ensemble_scores_by_its_splits_and_round_trips():
     fill = FEATURES.index("fill")
+    leaf = {"feature": [-2], "threshold": [-2.0], "left": [-1], "right": [-1], "value": [0.1]}  # a one-node tree
     model = TreeEnsemble.from_dict({"features": list(FEATURES), "base": 0.5, "rate": 0.5,
-                                    "trees": [_stump(fill, 0.25, 0.4, -0.4), _stump(fill, 0.5, 0.0, -2.0)]})
+                                    "trees": [_stump(fill, 0.25, 0.4, -0.4), leaf, _stump(fill, 0.5, 0.0, -2.0)]})
     x = np.zeros((4, len(FEATURES)))
     x[:, fill] = [0.1, 0.25, 0.3, 0.9]
-    # 0.5 + 0.5 * (0.4 + 0) = 0.7; at the threshold a row goes left; 0.5 + 0.5 * (-0.4) = 0.3; clipped at 0
-    assert model.predict(x).tolist() == pytest.approx([0.7, 0.7, 0.3, 0.0])
+    # 0.5 + 0.5 * (0.4 + 0.1 + 0) = 0.75; at the threshold a row goes left; 0.5 + 0.5 * (-0.4 + 0.1) = 0.35;
+    # clipped at 0
+    assert model.predict(x).tolist() == pytest.approx([0.75, 0.75, 0.35, 0.0])
     again = TreeEnsemble.from_dict(json.loads(json.dumps(model.to_dict())))
     assert again.predict(x).tolist() == model.predict(x).tolist()
     with pytest.raises(ValueError, match="features"):
