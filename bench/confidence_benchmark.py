@@ -38,7 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sag import SaG  # noqa: E402
-from sag.confidence import FEATURES, MODEL_FILE, TreeEnsemble, fitted_model, mask_features, rank_report  # noqa: E402
+from sag.confidence import (  # noqa: E402
+    FEATURES,
+    MODEL_FILE,
+    TreeEnsemble,
+    confidence_scores,
+    fitted_model,
+    mask_features,
+    rank_report,
+)
 from sag.metrics import iou  # noqa: E402
 from training import real_photos  # noqa: E402
 from training.datasets.synthetic import synthetic_dataset  # noqa: E402
@@ -56,7 +64,6 @@ TREES = {"max_iter": 300, "learning_rate": 0.05, "max_depth": 4, "min_samples_le
 # does not settle (size, the words, the whole-image match, the share of the main entity) are left free (0).
 MONOTONE = {"peak": 1, "coverage": -1, "contrast": 1, "largest": 1, "fill": 1, "agreement": 1, "stability": 1,
             "support": 1, "margin": 1, "region_match": 1, "landmark_overlap": -1, "entity_gap": 1}
-LARGEST = FEATURES.index("largest")  # 0 only for an empty mask, which mask_confidence scores 0
 
 
 def _real_photos():
@@ -70,22 +77,26 @@ def _real_photos():
 
 
 class Masks:
-    """The masks of one split and inference: features (M, F), unknown-word shares, IoU, largest A_fuse, kinds."""
+    """The masks of one split and inference: features (M, F), unknown-word shares, emptiness, IoU, largest A_fuse,
+    kinds."""
 
     def __init__(self):
-        self.features, self.unknown, self.iou, self.fuse, self.kind = [], [], [], [], []
+        self.features, self.unknown, self.empty, self.iou, self.fuse, self.kind = [], [], [], [], [], []
 
     def add(self, seg, quality: float, tau: float, kind: str | None) -> None:
         """One Segmentation drawn with threshold ``tau``, of IoU ``quality``."""
         f = mask_features(seg, tau)
         self.features.append([f[name] for name in FEATURES])
         self.unknown.append(seg.unknown_words or 0.0)
+        self.empty.append(not bool(seg.mask.any()))
         self.iou.append(quality)
         self.fuse.append(seg.score)
         self.kind.append(kind or "all")
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return np.asarray(self.features, np.float64), np.asarray(self.iou, np.float64), np.asarray(self.unknown)
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Features (M, F), IoU (M,), unknown-word shares (M,) and emptiness (M,) bool."""
+        return (np.asarray(self.features, np.float64), np.asarray(self.iou, np.float64), np.asarray(self.unknown),
+                np.asarray(self.empty, bool))
 
 
 def collect_synthetic(model: SaG, data_root: Path, split: str, inference: str) -> Masks:
@@ -121,9 +132,8 @@ def fit_trees(sets: list[Masks]) -> TreeEnsemble:
         from sklearn.ensemble import HistGradientBoostingRegressor
     except ImportError:  # pragma: no cover - the bench extra
         raise SystemExit('fitting needs scikit-learn: pip install -e ".[bench]"') from None
-    x = np.vstack([s.arrays()[0] for s in sets])
-    y = np.concatenate([s.arrays()[1] for s in sets])
-    keep = x[:, LARGEST] > 0  # empty masks score 0 by rule, not by the fit
+    x, y, _, empty = (np.concatenate(parts) for parts in zip(*(s.arrays() for s in sets)))
+    keep = ~empty  # empty masks score 0 by rule, not by the fit
     fit = HistGradientBoostingRegressor(**TREES, monotonic_cst=[MONOTONE.get(f, 0) for f in FEATURES],
                                         early_stopping=False).fit(x[keep], y[keep])
     # scikit-learn has no public export of these trees: its predictors' node arrays are read here, and the check
@@ -148,14 +158,14 @@ def fit_trees(sets: list[Masks]) -> TreeEnsemble:
 
 def scores(model: TreeEnsemble, masks: Masks) -> np.ndarray:
     """What :func:`sag.confidence.mask_confidence` gives each mask with this model."""
-    x, _, unknown = masks.arrays()
-    return np.where(x[:, LARGEST] > 0, model.predict(x) * (1.0 - unknown), 0.0)
+    x, _, unknown, empty = masks.arrays()
+    return confidence_scores(x, unknown, empty, model)
 
 
 def report_for(masks: Masks, shipped: TreeEnsemble, unseen: TreeEnsemble | None = None) -> dict:
     """The shipped score's ranking report, per kind, and for comparison the model fitted without this checkpoint,
     each feature and the largest A_fuse."""
-    x, y, unknown = masks.arrays()
+    x, y, unknown, _ = masks.arrays()
     s = scores(shipped, masks)
     rep = rank_report(s, y)
     rep["mean_iou"] = round(float(y.mean()), 4)

@@ -346,10 +346,22 @@ def fitted_model(path: Path = MODEL_FILE) -> TreeEnsemble:
     return model
 
 
-def combine(features: dict[str, float], model: TreeEnsemble | None = None) -> float:
-    """The fitted model's estimate of IoU from one mask's features (a dict over FEATURES), in [0, 1]."""
+def confidence_scores(features: np.ndarray, unknown: np.ndarray, empty: np.ndarray,
+                      model: TreeEnsemble | None = None) -> np.ndarray:
+    """The score of M masks from what :func:`mask_features` measured: the fitted model's estimate of IoU times 1 -
+    the share of unknown words, and 0 for an empty mask. One rule for the backend (:func:`mask_confidence`) and for
+    the benchmark that fits and scores it.
+
+    Args:
+        features: (M, F) over FEATURES, in their order.
+        unknown: (M,) each text's share of words the tokenizer does not know (:func:`unknown_word_share`).
+        empty: (M,) bool, the masks with no pixel.
+        model: the ensemble (default: :func:`fitted_model`).
+    """
     model = model or fitted_model()
-    return float(model.predict(np.array([[features[name] for name in model.features]]))[0])
+    features = np.asarray(features, dtype=np.float64)
+    estimate = model.predict(features) if len(features) else np.zeros(0)
+    return np.where(np.asarray(empty, dtype=bool), 0.0, estimate * (1.0 - np.asarray(unknown, dtype=np.float64)))
 
 
 def mask_confidence(seg, tau: float) -> float:
@@ -358,9 +370,9 @@ def mask_confidence(seg, tau: float) -> float:
     ``seg`` is a :class:`sag.outputs.Segmentation` as :meth:`SaG.segment <sag.model.SaG.segment>` or
     :func:`sag.pipeline.segment_texts` return it; ``tau`` the threshold it was drawn with.
     """
-    if not bool(seg.mask.any()):
-        return 0.0
-    return combine(mask_features(seg, tau)) * (1.0 - _field(seg, "unknown_words", 0.0))
+    found = mask_features(seg, tau)
+    return float(confidence_scores(np.array([[found[name] for name in FEATURES]]),
+                                   [_field(seg, "unknown_words", 0.0)], [not bool(seg.mask.any())])[0])
 
 
 # ---- how well a score ranks masks ------------------------------------------------------------------------------------
