@@ -339,7 +339,11 @@ class TreeEnsemble:
 @functools.cache
 def fitted_model(path: Path = MODEL_FILE) -> TreeEnsemble:
     """The ensemble in ``path`` (default: the one shipped with sag), read once; it must be over FEATURES."""
-    model = TreeEnsemble.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    try:
+        model = TreeEnsemble.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a confidence model ({type(exc).__name__}: {exc}): reinstall sag-assist or "
+                         "refit it with bench/confidence_benchmark.py") from exc
     if model.features != FEATURES:
         raise ValueError(f"{path} scores the features {list(model.features)}, but sag.confidence measures "
                          f"{list(FEATURES)}: refit it with bench/confidence_benchmark.py")

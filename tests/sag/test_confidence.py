@@ -279,6 +279,12 @@ def test_the_shipped_model_is_over_the_measured_features(tmp_path):
     other.write_text(json.dumps({**model.to_dict(), "features": list(FEATURES[:-1])}))
     with pytest.raises(ValueError, match="refit it"):
         fitted_model(other)
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(MODEL_FILE.read_text()[:1000])
+    with pytest.raises(ValueError, match="truncated.json is not a confidence model"):
+        fitted_model(truncated)
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        fitted_model(tmp_path / "absent.json")
     assert MODEL_FILE.is_file()
 
 
