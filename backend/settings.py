@@ -231,8 +231,8 @@ class Settings:
     fetch_timeout: float = 20.0
 
     # Fine-tuning from Label Studio ("Start Training"; see training/finetune.py). SAG_FINETUNE_RECIPE picks the
-    # starting values of the fields below (training.finetune.FINETUNE_RECIPES: "fast", the measured default, or
-    # "paper"); each SAG_FINETUNE_* variable that is set overrides its field.
+    # starting values of the fields below (training.finetune.FINETUNE_RECIPES: "fast", the measured default, "text",
+    # "paper", ...); each SAG_FINETUNE_* variable that is set overrides its field.
     finetune_recipe: str = "fast"
     finetune_steps: int | None = None  # None: SAG_FINETUNE_EPOCHS passes over the pairs, at most _MAX_STEPS
     finetune_epochs: int = FINETUNE_RECIPES["fast"].epochs
@@ -240,7 +240,7 @@ class Settings:
     finetune_batch_size: int = FINETUNE_RECIPES["fast"].batch_size
     finetune_lr: float = FINETUNE_RECIPES["fast"].lr
     # Keep the image backbone fixed and cache its features (training/feature_cache.py), and with _IMAGE_SIDE the
-    # whole image side (entities cached per image; only the text side and the fusion train): bench/README.md.
+    # whole image side (entities cached per image; recipe "text"): bench/README.md, "Start Training".
     finetune_freeze_image_backbone: bool = FINETUNE_RECIPES["fast"].freeze_image_backbone
     finetune_freeze_image_side: bool = FINETUNE_RECIPES["fast"].freeze_image_side
     finetune_heldout: float = FINETUNE_RECIPES["fast"].heldout_fraction  # pairs kept out for the retrieval check
@@ -324,6 +324,11 @@ class Settings:
             raise SettingsError(f"unknown settings: {unknown}")
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         parse_allowed_hosts(settings.allowed_hosts)  # refuse a malformed entry at start-up, not at the first fetch
+        recipe = FINETUNE_RECIPES[settings.finetune_recipe]
+        if settings.finetune_freeze_image_side and {"entity", "decoder"}.intersection(recipe.trainable or ()):
+            raise SettingsError(f"SAG_FINETUNE_FREEZE_IMAGE_SIDE=true keeps entity discovery fixed, which the "
+                                f"{settings.finetune_recipe!r} recipe (SAG_FINETUNE_RECIPE) trains: unset it, or "
+                                "choose SAG_FINETUNE_RECIPE=text")
         if settings.finetune_freeze_image_side and not settings.finetune_freeze_image_backbone:
             raise SettingsError("SAG_FINETUNE_FREEZE_IMAGE_SIDE=true keeps the image backbone fixed as well: set "
                                 "SAG_FINETUNE_FREEZE_IMAGE_SIDE=false to train the image backbone")

@@ -154,6 +154,10 @@ def patched_trainer(freeze: Sequence[str], train: dict[str, Any]) -> Iterator[No
             for name in freeze:
                 operator.attrgetter(name)(model).requires_grad_(False)
             super().__init__(model, train_data, dataclasses.replace(config, **train), *args, **kwargs)
+            # Again after the Trainer's own freezing: ``trainable`` (train_only) turns a named part back on when it
+            # holds a module named here (entity, entity.input_proj); the optimizer skips a weight with no gradient.
+            for name in freeze:
+                operator.attrgetter(name)(model).requires_grad_(False)
 
         def _train_mode(self) -> None:
             super()._train_mode()

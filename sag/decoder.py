@@ -25,8 +25,14 @@ class SpatialBroadcastDecoder(nn.Module):
         mlp.append(nn.Linear(widths[-1], out_dim + 1))
         self.mlp = nn.Sequential(*mlp)
 
-    def forward(self, entities: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """entities (B, K, D) -> reconstruction (B, N, C) and alpha (B, N, K), N = h * w."""
+    def forward(self, entities: torch.Tensor, grid: tuple[int, int],
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """entities (B, K, D) -> reconstruction (B, N, C) and alpha (B, N, K), N = h * w.
+
+        ``positions`` (P,): decode only these flat grid positions (row-major), giving (B, P, C) and (B, P, K). Each
+        position is decoded on its own (the alphas compete over entities, not positions), so these are exactly the
+        full result's rows, at P / N of the cost.
+        """
         h, w = grid
         if max(h, w) > self.max_grid:
             raise ValueError(f"grid {grid} is larger than the decoder's position table ({self.max_grid})")
@@ -37,7 +43,10 @@ class SpatialBroadcastDecoder(nn.Module):
         # The first layer is linear in (entity + position), so apply it to each term and broadcast the sum:
         # W(e + p) + b = (We + b) + Wp costs B*K + N rows instead of B*K*N (a quarter of the MLP at the paper size).
         first = self.mlp[0]
-        x = first(entities).unsqueeze(2) + F.linear(pos.reshape(h * w, -1), first.weight)  # (B, K, N, hidden)
+        pos = pos.reshape(h * w, -1)
+        if positions is not None:
+            pos = pos[positions]
+        x = first(entities).unsqueeze(2) + F.linear(pos, first.weight)  # (B, K, N, hidden)
         out = self.mlp[1:](x)
         alpha = out[..., -1].softmax(dim=1)  # (B, K, N): entities compete for each patch
         recon = torch.einsum("bkn,bknc->bnc", alpha, out[..., :-1])

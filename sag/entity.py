@@ -158,6 +158,9 @@ class EntityDiscovery(nn.Module):
         self.aggregate = nn.ModuleList(SlotAggregation(config) for _ in range(blocks))
         self.interact = nn.ModuleList(GroupInteraction(config) for _ in range(blocks))
         self.out = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+        # Backpropagate through the last ``grad_iterations`` iterations only (None: all of them). A training-time
+        # setting, not part of the model: the forward pass is the same either way. Set by training.engine.
+        self.grad_iterations: int | None = None
 
     def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> EntityOutput:
         """features (B, N, C) on an (h, w) grid -> EntityOutput with entities (B, K, D), A_slot (B, N, K)."""
@@ -170,9 +173,14 @@ class EntityDiscovery(nn.Module):
         slots = self.slots(batch)
         kv = self.aggregate[0].project_inputs(x) if len(self.aggregate) == 1 else None
         attn = None
+        untracked = self.iterations - self.grad_iterations if self.grad_iterations else 0
         for t in range(self.iterations):
-            agg = self.aggregate[t % len(self.aggregate)]
-            keys, values = kv if kv is not None else agg.project_inputs(x)
-            slots, attn = agg(slots, keys, values)
-            slots = self.interact[t % len(self.interact)](slots)
+            # The first iterations run without a graph: the gradient is that of the last ones from where the slots
+            # stood, a first-order approximation of differentiating the fixed point (Chang et al., "Object
+            # Representations as Fixed Points", NeurIPS 2022) that spares most of the backward pass.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and t >= untracked):
+                agg = self.aggregate[t % len(self.aggregate)]
+                keys, values = kv if kv is not None else agg.project_inputs(x)
+                slots, attn = agg(slots, keys, values)
+                slots = self.interact[t % len(self.interact)](slots)
         return EntityOutput(entities=self.out(slots), slot_attn=attn)

@@ -93,13 +93,16 @@ class SaG(nn.Module):
     # ---- training ---------------------------------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 features: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
-                entities: torch.Tensor | None = None) -> TrainOutput:
+                entities: torch.Tensor | None = None, recon_positions: int | None = None) -> TrainOutput:
         """One batch of B matching image-text pairs (pair i = image i, text i) -> C^3 + reconstruction loss.
 
         Either ``pixels`` (B, 3, S, S), or precomputed backbone ``features`` (B, N, C) with their ``grid`` (h, w)
         and ``pixels=None`` (a frozen, cached image backbone: see :meth:`encode_features`), or precomputed
         ``entities`` (B, K, D) of a frozen image side: then the loss is C^3 alone, since the reconstruction loss
         depends on nothing but the image side (its ``recon`` is reported as 0).
+
+        ``recon_positions``: reconstruct at this many grid positions drawn at random (the same for the whole batch)
+        instead of all N: an unbiased estimate of the reconstruction loss at a fraction of the decoder's cost.
         """
         if entities is not None:
             if pixels is not None or features is not None:
@@ -115,8 +118,12 @@ class SaG(nn.Module):
         c3 = c3_loss(fused.z, text, self.config.c3_temperature)
         if self.config.recon_weight == 0:  # the loss would not change: skip the decoder, the costliest head
             return TrainOutput(loss=c3, c3=c3, recon=c3.new_zeros(()))
-        recon, _ = self.decoder(image.entities, image.grid)
-        rec = reconstruction_loss(recon, image.features)
+        target, positions = image.features, None
+        if recon_positions is not None and recon_positions < target.shape[1]:
+            positions = torch.randperm(target.shape[1], device=target.device)[:recon_positions]
+            target = target[:, positions]
+        recon, _ = self.decoder(image.entities, image.grid, positions)
+        rec = reconstruction_loss(recon, target)
         return TrainOutput(loss=c3 + self.config.recon_weight * rec, c3=c3, recon=rec)
 
     # ---- inference --------------------------------------------------------------------------------------------

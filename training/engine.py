@@ -76,6 +76,13 @@ class TrainConfig:
     # other parameter is fixed and every other module in eval mode. None: what the freeze_* fields leave trainable.
     # Applied after them, so it cannot name a frozen part.
     train_only: tuple[str, ...] | None = None
+    # Backpropagate through the last this many iterations of entity discovery only (None: all; see
+    # sag.entity.EntityDiscovery.grad_iterations): when entity discovery trains, this spares most of its backward.
+    entity_grad_iterations: int | None = None
+    # Reconstruct the features at this many grid positions drawn at random each step instead of all of them
+    # (SaG.forward's recon_positions; None: all): an unbiased estimate of the loss at a fraction of the decoder's
+    # cost, which on the default model's 24 x 24 grid dominates a step that trains entity discovery.
+    recon_positions: int | None = None
     time_budget_s: float | None = None  # stop (validating and checkpointing) once this much wall time has passed
     weight_decay: float = 1e-4
     warmup_steps: int = 0
@@ -96,6 +103,11 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "epochs", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.entity_grad_iterations is not None and self.entity_grad_iterations < 1:
+            raise ValueError(f"entity_grad_iterations must be at least 1 (or None: all), got "
+                             f"{self.entity_grad_iterations}")
+        if self.recon_positions is not None and self.recon_positions < 1:
+            raise ValueError(f"recon_positions must be at least 1 (or None: all), got {self.recon_positions}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.lr <= 0:
@@ -382,11 +394,17 @@ class Trainer:
             inputs = dict(pixels=None, features=features.to(dev), grid=grid)
         else:
             inputs = dict(pixels=images.to(dev))
+        if "entities" not in inputs:
+            inputs["recon_positions"] = self.config.recon_positions
         ctx = self.wrapped.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
-        with ctx:
-            with autocast(dev, self.config.precision):
-                out = self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **inputs)
-            self.scaler.scale(out.loss / self.config.grad_accum).backward()
+        self.model.entity.grad_iterations = self.config.entity_grad_iterations
+        try:
+            with ctx:
+                with autocast(dev, self.config.precision):
+                    out = self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **inputs)
+                self.scaler.scale(out.loss / self.config.grad_accum).backward()
+        finally:
+            self.model.entity.grad_iterations = None  # the model leaves the trainer as it came
         return out
 
     def warm_image_cache(self, progress: Callable[[int, int], None] | None = None) -> int:

@@ -22,6 +22,10 @@ from sag import SaG
 
 from .datasets.base import ReferringDataset
 
+# Grid positions the held-out reconstruction loss is measured at: a fixed sample, so that a check of the default
+# model's 576 positions costs a ninth of the decoder's pass.
+RECON_POSITIONS = 64
+
 
 @dataclass(frozen=True)
 class RetrievalScores:
@@ -40,10 +44,15 @@ class RetrievalScores:
     loss: float
     pairs: int
     images: int
+    # The reconstruction loss (the paper's Eq. 9) of the held-out images' features from their entities, at a fixed
+    # set of grid positions: whether entity discovery still explains the images, which retrieval cannot tell (a
+    # run that breaks the slots can still learn to tell images apart). None when the entities were given.
+    reconstruction: float | None = None
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | None]:
         return {"accuracy": round(self.accuracy, 4), "rank": round(self.rank, 4), "loss": round(self.loss, 4),
-                "pairs": self.pairs, "images": self.images}
+                "pairs": self.pairs, "images": self.images,
+                "reconstruction": None if self.reconstruction is None else round(self.reconstruction, 6)}
 
 
 def hold_out(pairs: ReferringDataset, fraction: float, minimum: int, maximum: int,
@@ -84,24 +93,43 @@ def heldout_entities(model: SaG, heldout: ReferringDataset, batch_size: int = 64
     """Entities (I, K, D) of the I held-out images (``model`` put in eval mode), in the order
     :func:`retrieval_scores` expects: computed once, they serve the serving version and a candidate whose image side
     was kept fixed alike."""
+    return _encode_heldout(model, heldout, batch_size)[0]
+
+
+@torch.no_grad()
+def _encode_heldout(model: SaG, heldout: ReferringDataset, batch_size: int,
+                    recon_positions: int | None = None) -> tuple[torch.Tensor, float | None]:
+    """Entities (I, K, D) of the held-out images and, with ``recon_positions``, their mean reconstruction loss at
+    that many grid positions, the same ones for every model (drawn from a fixed seed), so that two models are
+    compared on the same positions at a fraction of the decoder's cost."""
     model.eval()
     images = _images(heldout)
-    entities = []
+    entities, errors = [], []
     for start in range(0, len(images), batch_size):
         chunk = [heldout.image_loader(path) for path in images[start:start + batch_size]]
-        entities.append(model.encode_image(model.preprocess(chunk)).entities)
-    return torch.cat(entities)
+        image = model.encode_image(model.preprocess(chunk))
+        entities.append(image.entities)
+        if recon_positions is not None:
+            cells = image.features.shape[1]
+            positions = torch.randperm(cells, generator=torch.Generator().manual_seed(0))[:recon_positions]
+            positions = positions.to(image.features.device)
+            recon, _ = model.decoder(image.entities, image.grid, positions)
+            target = image.features[:, positions].float()
+            errors.append((recon.float() - target).square().mean(dim=(1, 2)))  # per image
+    reconstruction = float(torch.cat(errors).mean()) if errors else None
+    return torch.cat(entities), reconstruction
 
 
 @torch.no_grad()
 def retrieval_scores(model: SaG, heldout: ReferringDataset, batch_size: int = 64,
-                     entities: torch.Tensor | None = None) -> RetrievalScores:
+                     entities: torch.Tensor | None = None, recon_positions: int = RECON_POSITIONS) -> RetrievalScores:
     """Text-to-image retrieval of ``model`` (put in eval mode) among the held-out images, as C^3 scores a pair:
     <z_ij, x^T_j> for text j fused with image i (sag/losses.py), every text against every held-out image.
     ``entities``: the images' entities from :func:`heldout_entities`, when the image side is known to be this
-    model's (else they are computed)."""
+    model's (else they are computed, and the reconstruction loss measured at ``recon_positions`` grid positions)."""
+    reconstruction = None
     if entities is None:
-        entities = heldout_entities(model, heldout, batch_size)
+        entities, reconstruction = _encode_heldout(model, heldout, batch_size, recon_positions)
     model.eval()
     images = _images(heldout)
     index = {image: i for i, image in enumerate(images)}
@@ -126,4 +154,5 @@ def retrieval_scores(model: SaG, heldout: ReferringDataset, batch_size: int = 64
         # -log of the probability mass on the text's own image(s)
         losses.append((logits.logsumexp(dim=1) - logits.masked_fill(~own, float("-inf")).logsumexp(dim=1)).sum())
     return RetrievalScores(accuracy=correct / len(exprs), rank=float(torch.cat(ranks).mean()),
-                           loss=float(torch.stack(losses).sum()) / len(exprs), pairs=len(exprs), images=len(images))
+                           loss=float(torch.stack(losses).sum()) / len(exprs), pairs=len(exprs), images=len(images),
+                           reconstruction=reconstruction)

@@ -24,7 +24,7 @@ from training.finetune import (
     promotion_decision,
 )
 from training.registry import Registry, main
-from training.retrieval import RetrievalScores, hold_out, retrieval_scores
+from training.retrieval import RetrievalScores, heldout_entities, hold_out, retrieval_scores
 
 
 def _rle(mask: np.ndarray) -> list[int]:
@@ -99,6 +99,12 @@ def test_promotion_decision():
                               heldout_tolerance=0.5).promote
     # loss and rank decide, not the top-1 accuracy (near chance on a few dozen look-alike images)
     assert not promotion_decision(None, None, 0.0, 0, (RetrievalScores(0.9, 0.1, 1.2, 20, 10), better)).promote
+    # where the image side trained, its entities must still reconstruct the held-out images
+    explains, blurs = replace(better, reconstruction=0.30), replace(worse, reconstruction=0.40)
+    assert promotion_decision(None, None, 0.0, 0, (explains, blurs)).promote
+    broke = promotion_decision(None, None, 0.0, 0, (replace(better, reconstruction=0.41), blurs))
+    assert not broke.promote and "reconstruction of the held-out images: candidate 0.4100" in broke.reason
+    assert promotion_decision(None, None, 0.0, 0, (explains, worse)).promote  # measured on one side only: ignored
     sharper = RetrievalScores(0.6, 0.25, 0.8, 20, 10)  # a lower loss from sharper scores, own images ranked lower
     assert not promotion_decision(None, None, 0.0, 0, (sharper, better)).promote
     assert not promotion_decision(None, None, 0.0, 0, (RetrievalScores(0.9, 0.1, float("nan"), 20, 10),
@@ -253,6 +259,21 @@ def test_held_out_pairs_are_whole_images_never_trained_on(colour_scenes):
     assert hold_out(colour_scenes.pairs.subset(range(6)), 0.2, 4, 200)[1] is None  # too small: nothing held out
 
 
+def test_the_held_out_reconstruction_is_measured_on_fixed_positions(colour_scenes, registry):
+    _, heldout = hold_out(colour_scenes.pairs, 0.2, 4, 200, seed=1)
+    model = SaG.from_pretrained(registry.get(registry.current()).path)
+    sampled = retrieval_scores(model, heldout, recon_positions=5).reconstruction
+    assert sampled == retrieval_scores(model, heldout, recon_positions=5).reconstruction  # the same positions
+    entities = heldout_entities(model, heldout)
+    assert retrieval_scores(model, heldout, entities=entities).reconstruction is None  # given entities: not measured
+    images = [heldout.image_loader(p) for p in sorted({e.image for e in heldout.expressions})]
+    with torch.no_grad():
+        image = model.encode_image(model.preprocess(images))
+        full = float((model.decoder(image.entities, image.grid)[0] - image.features).square().mean())
+    assert retrieval_scores(model, heldout, recon_positions=10**6).reconstruction == pytest.approx(full, rel=1e-5)
+    assert sampled != pytest.approx(full, rel=1e-6)  # 5 of the grid's positions: an estimate, not the whole
+
+
 def test_without_masks_a_fine_tune_that_learns_is_promoted_and_a_broken_one_is_not(colour_scenes, registry,
                                                                                     tmp_path):
     """The mask-free check: text-to-image retrieval on held-out images. Learning the colour words raises it above
@@ -290,10 +311,14 @@ def test_without_masks_a_fine_tune_that_learns_is_promoted_and_a_broken_one_is_n
     assert "worse" in broken.reason or "NaN" in broken.reason
 
 
-def test_the_fast_recipe_is_the_default_and_the_paper_recipe_one_name_away():
-    fast, paper = FINETUNE_RECIPES["fast"], FINETUNE_RECIPES["paper"]
-    assert fast == FinetuneConfig() and fast.freeze_image_side and fast.freeze_image_backbone
+def test_the_fast_recipe_trains_entity_discovery_cheaply_and_the_paper_recipe_is_one_name_away():
+    fast, paper, text = FINETUNE_RECIPES["fast"], FINETUNE_RECIPES["paper"], FINETUNE_RECIPES["text"]
+    assert fast.freeze_image_backbone and fast.feature_cache and not fast.freeze_image_side
+    assert fast.train_only() == ("entity", "text_encoder.backbone.embeddings") and fast.new_words
+    assert fast.entity_grad_iterations == 1 and fast.recon_positions and fast.reconstruction
+    assert text == FinetuneConfig() and text.freeze_image_side  # the default before: entities fixed
     assert not (paper.freeze_image_side or paper.freeze_image_backbone)
+    assert paper.entity_grad_iterations is None and paper.recon_positions is None and paper.trainable is None
     with pytest.raises(ValueError, match="freeze_image_side"):
         FinetuneConfig(freeze_image_backbone=False, freeze_image_side=True)
 
@@ -354,7 +379,7 @@ def test_trainable_names_parts_the_image_side_settings_allow():
 def test_the_words_recipe_trains_only_the_word_embeddings_with_new_rows():
     words = FINETUNE_RECIPES["words"]
     assert words.new_words and words.train_only() == ("text_encoder.backbone.embeddings",)
-    assert words.freeze_image_side and FINETUNE_RECIPES["fast"].trainable is None
+    assert words.freeze_image_side and FINETUNE_RECIPES["text"].trainable is None
 
 
 def test_entity_discovery_trains_without_reconstruction_and_the_candidate_keeps_the_loss_weights(scenes, registry,
@@ -368,3 +393,20 @@ def test_entity_discovery_trains_without_reconstruction_and_the_candidate_keeps_
     assert changed and all(k.startswith("entity.") for k in changed), sorted(changed)
     candidate = SaG.from_pretrained(registry.get(result.version).path)
     assert candidate.config.recon_weight == SaG.from_pretrained(registry.get(parent).path).config.recon_weight == 1.0
+
+
+def test_the_fast_recipe_changes_only_entity_discovery_and_the_word_embeddings(scenes, registry, tmp_path):
+    """The button's default, shortened: every weight outside entity discovery and the word embeddings is the
+    serving version's, the decoder included (it only carries the reconstruction loss), and the trainer hands the
+    model back with the full slot gradient."""
+    parent = registry.current()
+    tasks = [{"id": i, "data": {"image": img, "text": text}} for i, (img, text) in enumerate(scenes)]
+    config = replace(FINETUNE_RECIPES["fast"], steps=4, batch_size=4, lr=1e-2, recon_positions=3,
+                     promote_unchecked=True, show_progress=False)
+    result = finetune(registry, project_data(tasks, "image", ("text",), load_image), config, tmp_path / "run")
+    before, after = _weights(registry, parent), _weights(registry, result.version)
+    changed = {k for k in before if k in after and not torch.equal(before[k], after[k])}
+    assert any(k.startswith("entity.") for k in changed), sorted(changed)
+    assert all(k.startswith(("entity.", "text_encoder.backbone.embeddings.")) for k in changed), sorted(changed)
+    meta = registry.get(result.version).metadata["finetune"]
+    assert (meta["entity_grad_iterations"], meta["recon_positions"]) == (1, 3)
