@@ -118,13 +118,19 @@ class SaG(nn.Module):
         c3 = c3_loss(fused.z, text, self.config.c3_temperature)
         if self.config.recon_weight == 0:  # the loss would not change: skip the decoder, the costliest head
             return TrainOutput(loss=c3, c3=c3, recon=c3.new_zeros(()))
-        target, positions = image.features, None
-        if recon_positions is not None and recon_positions < target.shape[1]:
-            positions = torch.randperm(target.shape[1], device=target.device)[:recon_positions]
-            target = target[:, positions]
-        recon, _ = self.decoder(image.entities, image.grid, positions)
-        rec = reconstruction_loss(recon, target)
+        positions = None
+        cells = image.features.shape[1]
+        if recon_positions is not None and recon_positions < cells:
+            positions = torch.randperm(cells, device=image.features.device)[:recon_positions]
+        rec = self.reconstruction(image, positions)
         return TrainOutput(loss=c3 + self.config.recon_weight * rec, c3=c3, recon=rec)
+
+    def reconstruction(self, image: ImageEntities, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The reconstruction loss (Eq. 9) of ``image``'s backbone features from its entities: scalar, over all grid
+        positions or only ``positions`` (P,) (flat, row-major; see :class:`SpatialBroadcastDecoder`)."""
+        target = image.features if positions is None else image.features[:, positions]
+        recon, _ = self.decoder(image.entities, image.grid, positions)
+        return reconstruction_loss(recon, target)
 
     # ---- inference --------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -104,7 +104,7 @@ def _encode_heldout(model: SaG, heldout: ReferringDataset, batch_size: int,
     compared on the same positions at a fraction of the decoder's cost."""
     model.eval()
     images = _images(heldout)
-    entities, errors = [], []
+    entities, error = [], 0.0
     for start in range(0, len(images), batch_size):
         chunk = [heldout.image_loader(path) for path in images[start:start + batch_size]]
         image = model.encode_image(model.preprocess(chunk))
@@ -112,12 +112,9 @@ def _encode_heldout(model: SaG, heldout: ReferringDataset, batch_size: int,
         if recon_positions is not None:
             cells = image.features.shape[1]
             positions = torch.randperm(cells, generator=torch.Generator().manual_seed(0))[:recon_positions]
-            positions = positions.to(image.features.device)
-            recon, _ = model.decoder(image.entities, image.grid, positions)
-            target = image.features[:, positions].float()
-            errors.append((recon.float() - target).square().mean(dim=(1, 2)))  # per image
-    reconstruction = float(torch.cat(errors).mean()) if errors else None
-    return torch.cat(entities), reconstruction
+            # the mean over this batch's images, weighted by their count: every image has as many positions
+            error += float(model.reconstruction(image, positions.to(image.features.device))) * len(chunk)
+    return torch.cat(entities), (error / len(images) if recon_positions is not None else None)
 
 
 @torch.no_grad()
