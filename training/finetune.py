@@ -123,9 +123,6 @@ class FinetuneConfig:
     # With the image side trained and ``reconstruction``: reconstruct at this many grid positions drawn at random
     # each step (TrainConfig.recon_positions; None: all).
     recon_positions: int | None = None
-    # Train on the phrases spatial words make of the texts (training/phrases.py): each text's head, and each
-    # relation's landmark as one more pair of its image; what the served model is asked to segment.
-    phrases: bool = False
     show_progress: bool = True  # a tqdm bar on stderr
 
     def __post_init__(self) -> None:
@@ -429,11 +426,6 @@ def finetune(registry: Registry, data: ProjectData, config: FinetuneConfig, work
         log.info("fine-tune: serving version %s: held-out retrieval %s", parent, serving_retrieval.to_dict())
 
     from .engine import TrainConfig, Trainer
-
-    if config.phrases:
-        from .phrases import spatial_phrases
-
-        train_pairs = spatial_phrases(train_pairs)
 
     added: list[str] = []
     if config.new_words:  # after the serving version was scored: it reads the texts as it always did
