@@ -85,6 +85,11 @@ class TrainConfig:
     recon_positions: int | None = None
     time_budget_s: float | None = None  # stop (validating and checkpointing) once this much wall time has passed
     weight_decay: float = 1e-4
+    # Pull every trained weight back towards where it started (the serving version, for a fine-tune) by
+    # lr * anchor * (w - w_start) after each step: AdamW's decoupled weight decay, aimed at the starting point
+    # instead of zero (the L2-SP idea of Li et al., ICML 2018, "Explicit inductive bias for transfer learning").
+    # It bounds how far a short fine-tune on a few hundred pairs drifts from what the model knew. 0: off.
+    anchor: float = 0.0
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the cosine ends at lr * this
     grad_clip: float | None = 0.1
@@ -112,6 +117,9 @@ class TrainConfig:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.anchor * self.lr < 1.0:
+            raise ValueError(f"anchor must be >= 0 and anchor x lr below 1 (each step moves a weight that share of "
+                             f"the way back), got anchor {self.anchor} at lr {self.lr}")
         resolve_precision(self.precision, torch.device("cpu"))  # validates the name
         from .feature_cache import CACHE_MODES
 
@@ -243,6 +251,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        # The starting weights (before any resume: a resumed run is still pulled towards where the run began).
+        self.anchors = [[p.detach().clone() for p in g["params"]] if config.anchor else []
+                        for g in self.optimizer.param_groups]
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         needed = config.batch_size * self.world * config.grad_accum
@@ -461,6 +472,11 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if cfg.anchor:
+            with torch.no_grad():
+                for group, anchors in zip(self.optimizer.param_groups, self.anchors):
+                    for p, start in zip(group["params"], anchors):
+                        p.sub_(p - start, alpha=group["lr"] * cfg.anchor)
         self.step += 1
         return self.base_lrs[0] * factor
 

@@ -183,3 +183,34 @@ def test_train_only_cannot_name_a_frozen_part_or_nothing():
     with pytest.raises(ValueError, match="names no module"):
         TrainConfig(train_only=())
     assert TrainConfig(train_only=["fusion"]).train_only == ("fusion",)
+
+
+def _distance(model: SaG, start: dict[str, torch.Tensor]) -> float:
+    return sum((p.detach() - start[n]).pow(2).sum().item() for n, p in model.named_parameters()) ** 0.5
+
+
+def test_the_anchor_pulls_trained_weights_back_to_where_they_started(pairs, tmp_path):
+    start = {n: p.detach().clone() for n, p in _model().named_parameters()}
+    free, anchored = _model(), _model()
+    Trainer(free, pairs, _config(max_steps=3, warmup_steps=0), tmp_path / "free", show_progress=False).fit()
+    # anchor x lr = 0.9: each step takes back 90% of the distance (the backbones' group at half the lr: 45%).
+    Trainer(anchored, pairs, _config(max_steps=3, warmup_steps=0, anchor=900.0), tmp_path / "anchored",
+            show_progress=False).fit()
+    assert 0 < _distance(anchored, start) < 0.6 * _distance(free, start)
+
+
+def test_an_anchored_run_resumes_exactly_when_built_from_the_same_start(pairs, tmp_path):
+    straight = _model()
+    Trainer(straight, pairs, _config(anchor=100.0), tmp_path / "a", show_progress=False).fit()
+    resumed_dir = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000002", resumed_dir / "checkpoints" / "step-00000002")
+    resumed = _model()  # the same starting weights (a re-run fine-tune reloads the serving version)
+    Trainer(resumed, pairs, _config(anchor=100.0), resumed_dir, show_progress=False).fit()
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("anchor", [-1.0, 1000.0])
+def test_an_anchor_that_would_overshoot_or_push_away_is_refused(anchor):
+    with pytest.raises(ValueError, match="anchor"):
+        TrainConfig(lr=1e-3, anchor=anchor)
