@@ -67,6 +67,12 @@ class EntitySlots(nn.Module):
             state_dict[new] = state_dict.pop(old) / 2  # an old random-slot log-variance: the same std as a log-std
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def sample_noise(self, batch: int) -> torch.Tensor | None:
+        """A fresh standard-normal draw (batch, K, D) for :meth:`forward`'s ``noise``; None for query slots."""
+        if self.slot_type == "query":
+            return None
+        return torch.randn(batch, self.num_slots, self.mu.shape[-1], device=self.mu.device, dtype=self.mu.dtype)
+
     def std(self) -> torch.Tensor:
         """The per-dimension noise std of each Gaussian: (K_g, D) for entity slots, (1, D) for random slots."""
         if self.slot_type == "entity":
@@ -75,16 +81,18 @@ class EntitySlots(nn.Module):
             return self.log_sigma.exp()
         raise ValueError("query slots are not sampled")
 
-    def forward(self, batch: int) -> torch.Tensor:
-        """Initial slots (batch, K, D)."""
+    def forward(self, batch: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Initial slots (batch, K, D). ``noise`` (batch, K, D): the standard-normal draw to use instead of a fresh
+        one (training) or the fixed one (eval), so that two slot modules can start from the same sample; ignored by
+        query slots."""
         if self.slot_type == "query":
             return self.query.unsqueeze(0).expand(batch, -1, -1)
         repeats = self.samples if self.slot_type == "entity" else self.num_slots
         mu = self.mu.repeat_interleave(repeats, dim=0)  # (K, D)
         std = self.std().repeat_interleave(repeats, dim=0)
-        if self.training:
+        if noise is None and self.training:
             noise = torch.randn(batch, *mu.shape, device=mu.device, dtype=mu.dtype)
-        else:
+        elif noise is None:
             noise = self.eval_noise.to(mu.dtype).unsqueeze(0).expand(batch, -1, -1)
         return mu + std * noise
 
@@ -162,15 +170,17 @@ class EntityDiscovery(nn.Module):
         # setting, not part of the model: the forward pass is the same either way. Set by training.engine.
         self.grad_iterations: int | None = None
 
-    def forward(self, features: torch.Tensor, grid: tuple[int, int]) -> EntityOutput:
-        """features (B, N, C) on an (h, w) grid -> EntityOutput with entities (B, K, D), A_slot (B, N, K)."""
+    def forward(self, features: torch.Tensor, grid: tuple[int, int],
+                noise: torch.Tensor | None = None) -> EntityOutput:
+        """features (B, N, C) on an (h, w) grid -> EntityOutput with entities (B, K, D), A_slot (B, N, K).
+        ``noise`` (B, K, D): the initial slots' draw (see :meth:`EntitySlots.forward`); None draws as usual."""
         batch, num_patches, _ = features.shape
         if grid[0] * grid[1] != num_patches:
             raise ValueError(f"grid {grid} does not match {num_patches} patches")
         x = self.input_proj(features)
         pos = sine_position_encoding_2d(*grid, x.shape[-1], self.position_temperature, device=x.device, dtype=x.dtype)
         x = x + self.position_scale * pos
-        slots = self.slots(batch)
+        slots = self.slots(batch, noise)
         kv = self.aggregate[0].project_inputs(x) if len(self.aggregate) == 1 else None
         attn = None
         untracked = self.iterations - self.grad_iterations if self.grad_iterations else 0

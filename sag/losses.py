@@ -28,3 +28,14 @@ def c3_loss(z_all: torch.Tensor, text: torch.Tensor, temperature: float = 1.0) -
 def reconstruction_loss(reconstruction: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Mean squared error between decoded features (B, N, C) and the detached visual features (B, N, C)."""
     return F.mse_loss(reconstruction.float(), features.detach().float())
+
+
+def grouping_loss(reference: torch.Tensor, slot_attn: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KL(reference || slot_attn) per patch, averaged over the batch and the patches: how far the patch-to-slot
+    assignment A_slot (B, N, K), each row summing to 1 over the K slots, moved from a reference one of the same
+    shape (a frozen copy of entity discovery, run from the same initial slots). Not in the paper: it keeps a
+    fine-tune from regrouping the patches while the rest of entity discovery learns (training.engine's
+    ``TrainConfig.grouping_distill``)."""
+    reference = reference.detach()
+    kl = reference * (reference.clamp_min(eps).log() - slot_attn.clamp_min(eps).log())
+    return kl.sum(dim=-1).mean()

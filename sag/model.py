@@ -24,7 +24,7 @@ from .entity import EntityDiscovery
 from .fusion import ModalityFusion
 from .image_encoder import build_image_encoder
 from .inference import combine_attention, entity_maps, upsample_and_normalise
-from .losses import c3_loss, reconstruction_loss
+from .losses import c3_loss, grouping_loss, reconstruction_loss
 from .outputs import FusionOutput, ImageEntities, Segmentation, TrainOutput
 from .preprocess import ImageLike, preprocess_images
 from .refine import REFINE_METHODS, patch_cell
@@ -70,16 +70,18 @@ class SaG(nn.Module):
         features, grid = self.image_encoder(pixels)
         return self.encode_features(features, grid)
 
-    def encode_features(self, features: torch.Tensor, grid: tuple[int, int]) -> ImageEntities:
+    def encode_features(self, features: torch.Tensor, grid: tuple[int, int],
+                        noise: torch.Tensor | None = None) -> ImageEntities:
         """Precomputed backbone features (B, N, C) on an (h, w) grid -> ImageEntities, skipping the image backbone.
 
         ``features`` must be what ``self.image_encoder`` returns for the pixels (e.g. from a feature cache of a
-        frozen backbone); they are also the reconstruction target.
+        frozen backbone); they are also the reconstruction target. ``noise``: the initial slots' draw (B, K, D)
+        (:meth:`sag.entity.EntitySlots.forward`); None draws as usual.
         """
         if features.shape[-1] != self.image_encoder.out_dim:
             raise ValueError(f"features have {features.shape[-1]} channels, the image backbone "
                              f"{self.config.image_backbone!r} gives {self.image_encoder.out_dim}")
-        out = self.entity(features, grid)
+        out = self.entity(features, grid, noise)
         return ImageEntities(out.entities, out.slot_attn, grid, features)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,8 @@ class SaG(nn.Module):
     # ---- training ---------------------------------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 features: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
-                entities: torch.Tensor | None = None, recon_positions: int | None = None) -> TrainOutput:
+                entities: torch.Tensor | None = None, recon_positions: int | None = None,
+                grouping_reference: nn.Module | None = None, grouping_weight: float = 0.0) -> TrainOutput:
         """One batch of B matching image-text pairs (pair i = image i, text i) -> C^3 + reconstruction loss.
 
         Either ``pixels`` (B, 3, S, S), or precomputed backbone ``features`` (B, N, C) with their ``grid`` (h, w)
@@ -103,6 +106,10 @@ class SaG(nn.Module):
 
         ``recon_positions``: reconstruct at this many grid positions drawn at random (the same for the whole batch)
         instead of all N: an unbiased estimate of the reconstruction loss at a fraction of the decoder's cost.
+
+        ``grouping_reference``: a frozen entity discovery (e.g. the serving model's, for a fine-tune) run from the
+        same initial slots; the loss then also holds ``grouping_weight`` times how far this model's A_slot moved
+        from the reference's (:func:`sag.losses.grouping_loss`; not in the paper).
         """
         if entities is not None:
             if pixels is not None or features is not None:
@@ -112,18 +119,27 @@ class SaG(nn.Module):
             return TrainOutput(loss=c3, c3=c3, recon=c3.new_zeros(()))
         if (pixels is None) == (features is None) or (features is not None and grid is None):
             raise ValueError("pass either pixels, or features with their grid")
-        image = self.encode_image(pixels) if features is None else self.encode_features(features, grid)
+        if features is None:
+            features, grid = self.image_encoder(pixels)
+        noise = None if grouping_reference is None else self.entity.slots.sample_noise(features.shape[0])
+        image = self.encode_features(features, grid, noise)
         text = self.encode_text(input_ids, attention_mask)
         fused = self.fuse(image.entities, text, all_pairs=True)
         c3 = c3_loss(fused.z, text, self.config.c3_temperature)
+        loss, grouping = c3, None
+        if grouping_reference is not None:
+            with torch.no_grad():
+                reference = grouping_reference(image.features, grid, noise).slot_attn
+            grouping = grouping_loss(reference, image.slot_attn)
+            loss = loss + grouping_weight * grouping
         if self.config.recon_weight == 0:  # the loss would not change: skip the decoder, the costliest head
-            return TrainOutput(loss=c3, c3=c3, recon=c3.new_zeros(()))
+            return TrainOutput(loss=loss, c3=c3, recon=c3.new_zeros(()), grouping=grouping)
         positions = None
         cells = image.features.shape[1]
         if recon_positions is not None and recon_positions < cells:
             positions = torch.randperm(cells, device=image.features.device)[:recon_positions]
         rec = self.reconstruction(image, positions)
-        return TrainOutput(loss=c3 + self.config.recon_weight * rec, c3=c3, recon=rec)
+        return TrainOutput(loss=loss + self.config.recon_weight * rec, c3=c3, recon=rec, grouping=grouping)
 
     def reconstruction(self, image: ImageEntities, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The reconstruction loss (Eq. 9) of ``image``'s backbone features from its entities: scalar, over all grid

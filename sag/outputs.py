@@ -124,11 +124,14 @@ class TrainOutput:
     """One training step's losses (:meth:`sag.model.SaG.forward`), each a scalar tensor.
 
     Attributes:
-        loss: the total, ``c3 + recon_weight * recon``.
+        loss: the total, ``c3 + recon_weight * recon`` (``+ grouping_weight * grouping`` when asked for).
         c3: the cross-modal cycle-consistency loss C^3 (Eq. 8).
         recon: the feature reconstruction loss (Eq. 9); 0 when the image side is frozen and given as entities.
+        grouping: how far A_slot moved from a reference entity discovery's (``sag.losses.grouping_loss``), when
+            :meth:`~sag.model.SaG.forward` was given one; None otherwise.
     """
 
     loss: torch.Tensor
     c3: torch.Tensor
     recon: torch.Tensor
+    grouping: torch.Tensor | None = None

@@ -15,6 +15,7 @@ checkpoint holds and how it is written atomically is :mod:`training.checkpoints`
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import random
@@ -90,6 +91,12 @@ class TrainConfig:
     # instead of zero (the L2-SP idea of Li et al., ICML 2018, "Explicit inductive bias for transfer learning").
     # It bounds how far a short fine-tune on a few hundred pairs drifts from what the model knew. 0: off.
     anchor: float = 0.0
+    # With entity discovery trained: add this weight times how far its patch-to-slot assignment A_slot moved from
+    # that of a frozen copy made when the run started, both run from the same initial slots
+    # (sag.losses.grouping_loss). A fine-tune on a new look then changes what the entities carry without regrouping
+    # the patches: trained freely on C^3 + reconstruction, entity discovery lost a tenth of its mBO on the
+    # domain-shift benchmark while its reconstruction improved (bench/README.md, "Start Training"). 0: off.
+    grouping_distill: float = 0.0
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the cosine ends at lr * this
     grad_clip: float | None = 0.1
@@ -117,6 +124,11 @@ class TrainConfig:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.grouping_distill < 0:
+            raise ValueError(f"grouping_distill is a loss weight (>= 0), got {self.grouping_distill}")
+        if self.grouping_distill and self.freeze_image_side:
+            raise ValueError("grouping_distill keeps entity discovery's grouping near its start, but "
+                             "freeze_image_side keeps entity discovery fixed: set one of them")
         if not 0.0 <= self.anchor * self.lr < 1.0:
             raise ValueError(f"anchor must be >= 0 and anchor x lr below 1 (each step moves a weight that share of "
                              f"the way back), got anchor {self.anchor} at lr {self.lr}")
@@ -254,6 +266,10 @@ class Trainer:
         # The starting weights (before any resume: a resumed run is still pulled towards where the run began).
         self.anchors = [[p.detach().clone() for p in g["params"]] if config.anchor else []
                         for g in self.optimizer.param_groups]
+        # Entity discovery as it started, for grouping_distill (built, like the anchors, before any resume).
+        self.grouping_reference: nn.Module | None = None
+        if config.grouping_distill:
+            self.grouping_reference = copy.deepcopy(model.entity).requires_grad_(False).eval()
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         needed = config.batch_size * self.world * config.grad_accum
@@ -407,6 +423,9 @@ class Trainer:
             inputs = dict(pixels=images.to(dev))
         if "entities" not in inputs:
             inputs["recon_positions"] = self.config.recon_positions
+            if self.grouping_reference is not None:
+                inputs.update(grouping_reference=self.grouping_reference,
+                              grouping_weight=self.config.grouping_distill)
         ctx = self.wrapped.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
         self.model.entity.grad_iterations = self.config.entity_grad_iterations
         try:

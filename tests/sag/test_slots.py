@@ -99,7 +99,7 @@ def test_whole_entity_module_is_deterministic_in_train_mode_given_the_slot_noise
     model = SaG(tiny_config(dropout=0.0)).train()
     assert model.config.interaction_attn_dropout == 0.0, "off by default, as the authors' scripts"
     fixed = torch.randn(2, 8, 64)
-    monkeypatch.setattr(model.entity.slots, "forward", lambda batch: fixed)
+    monkeypatch.setattr(model.entity.slots, "forward", lambda batch, noise=None: fixed)
     pixels = torch.randn(2, 3, 64, 64)
     outs = []
     for seed in (1, 2):

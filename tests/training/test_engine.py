@@ -214,3 +214,30 @@ def test_an_anchored_run_resumes_exactly_when_built_from_the_same_start(pairs, t
 def test_an_anchor_that_would_overshoot_or_push_away_is_refused(anchor):
     with pytest.raises(ValueError, match="anchor"):
         TrainConfig(lr=1e-3, anchor=anchor)
+
+
+def _slot_attn(model: SaG, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval().encode_image(images).slot_attn
+
+
+def test_grouping_distill_keeps_entity_discoverys_grouping_near_where_it_started(pairs, tmp_path):
+    from sag.losses import grouping_loss
+
+    images = torch.rand(4, 3, 32, 32)
+    start = _slot_attn(_model(), images)
+    moved = {}
+    for weight in (0.0, 100.0):
+        model = _model()
+        config = _config(max_steps=6, lr=3e-2, warmup_steps=0, grouping_distill=weight,
+                         train_only=("entity",))
+        Trainer(model, pairs, config, tmp_path / str(weight), show_progress=False).fit()
+        moved[weight] = grouping_loss(start, _slot_attn(model, images)).item()
+    assert 0 < moved[100.0] < 0.5 * moved[0.0]
+
+
+def test_grouping_distill_needs_entity_discovery_trained():
+    with pytest.raises(ValueError, match="grouping_distill"):
+        TrainConfig(grouping_distill=1.0, freeze_image_backbone=True, freeze_image_side=True)
+    with pytest.raises(ValueError, match="grouping_distill"):
+        TrainConfig(grouping_distill=-1.0)

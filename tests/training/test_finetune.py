@@ -316,6 +316,9 @@ def test_the_fast_recipe_trains_entity_discovery_cheaply_and_the_paper_recipe_is
     assert fast.freeze_image_backbone and fast.feature_cache and not fast.freeze_image_side
     assert fast.train_only() == ("entity", "text_encoder.backbone.embeddings") and fast.new_words
     assert fast.entity_grad_iterations == 1 and fast.recon_positions and fast.reconstruction
+    assert fast.grouping_distill > 0 and text.grouping_distill == paper.grouping_distill == 0
+    with pytest.raises(ValueError, match="grouping_distill needs entity discovery trained"):
+        FinetuneConfig(grouping_distill=1.0)  # the default keeps the image side, entity discovery too, fixed
     assert text == FinetuneConfig() and text.freeze_image_side  # the default before: entities fixed
     assert not (paper.freeze_image_side or paper.freeze_image_backbone)
     assert paper.entity_grad_iterations is None and paper.recon_positions is None and paper.trainable is None
