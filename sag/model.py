@@ -65,10 +65,11 @@ class SaG(nn.Module):
         return self.text_encoder.tokenize(texts, self.device)
 
     # ---- the two sides ----------------------------------------------------------------------------------------
-    def encode_image(self, pixels: torch.Tensor) -> ImageEntities:
-        """pixels (B, 3, S, S) -> ImageEntities: entities (B, K, D), A_slot (B, N, K), backbone features."""
+    def encode_image(self, pixels: torch.Tensor, noise: torch.Tensor | None = None) -> ImageEntities:
+        """pixels (B, 3, S, S) -> ImageEntities: entities (B, K, D), A_slot (B, N, K), backbone features.
+        ``noise``: as for :meth:`encode_features`."""
         features, grid = self.image_encoder(pixels)
-        return self.encode_features(features, grid)
+        return self.encode_features(features, grid, noise)
 
     def encode_features(self, features: torch.Tensor, grid: tuple[int, int],
                         noise: torch.Tensor | None = None) -> ImageEntities:
@@ -119,17 +120,15 @@ class SaG(nn.Module):
             return TrainOutput(loss=c3, c3=c3, recon=c3.new_zeros(()))
         if (pixels is None) == (features is None) or (features is not None and grid is None):
             raise ValueError("pass either pixels, or features with their grid")
-        if features is None:
-            features, grid = self.image_encoder(pixels)
-        noise = None if grouping_reference is None else self.entity.slots.sample_noise(features.shape[0])
-        image = self.encode_features(features, grid, noise)
+        noise = None if grouping_reference is None else self.entity.slots.sample_noise(input_ids.shape[0])
+        image = self.encode_image(pixels, noise) if features is None else self.encode_features(features, grid, noise)
         text = self.encode_text(input_ids, attention_mask)
         fused = self.fuse(image.entities, text, all_pairs=True)
         c3 = c3_loss(fused.z, text, self.config.c3_temperature)
         loss, grouping = c3, None
         if grouping_reference is not None:
             with torch.no_grad():
-                reference = grouping_reference(image.features, grid, noise).slot_attn
+                reference = grouping_reference(image.features, image.grid, noise).slot_attn
             grouping = grouping_loss(reference, image.slot_attn)
             loss = loss + grouping_weight * grouping
         if self.config.recon_weight == 0:  # the loss would not change: skip the decoder, the costliest head

@@ -104,14 +104,15 @@ def _encode_heldout(model: SaG, heldout: ReferringDataset, batch_size: int,
     compared on the same positions at a fraction of the decoder's cost."""
     model.eval()
     images = _images(heldout)
-    entities, error = [], 0.0
+    entities, error, positions = [], 0.0, None
     for start in range(0, len(images), batch_size):
         chunk = [heldout.image_loader(path) for path in images[start:start + batch_size]]
         image = model.encode_image(model.preprocess(chunk))
         entities.append(image.entities)
         if recon_positions is not None:
-            cells = image.features.shape[1]
-            positions = torch.randperm(cells, generator=torch.Generator().manual_seed(0))[:recon_positions]
+            if positions is None:  # drawn once, when the grid is known: every batch has the same one
+                cells = image.features.shape[1]
+                positions = torch.randperm(cells, generator=torch.Generator().manual_seed(0))[:recon_positions]
             # the mean over this batch's images, weighted by their count: every image has as many positions
             error += float(model.reconstruction(image, positions.to(image.features.device))) * len(chunk)
     return torch.cat(entities), (error / len(images) if recon_positions is not None else None)
